@@ -1,0 +1,1 @@
+"""Adapters to the outside: PostgreSQL, Redis, Kafka, and the embedded servers."""

@@ -1,0 +1,1 @@
+"""Pure rules of the ledger: amounts, currencies, postings, limits, hashes. No I/O."""

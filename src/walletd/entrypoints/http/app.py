@@ -1,0 +1,85 @@
+"""The FastAPI application: services wired at start-up, routers, errors, middleware."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from walletd.adapters.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from walletd.adapters.postgres import Database
+from walletd.entrypoints.http import problems, routes_money, routes_ops, routes_wallets
+from walletd.entrypoints.http.deps import Services
+from walletd.entrypoints.http.limits import BodyLimitMiddleware
+from walletd.service_layer.posting import PostingEngine
+from walletd.service_layer.queries import LedgerQueries
+from walletd.service_layer.wallets import WalletService
+from walletd.settings import Settings
+
+logger = structlog.get_logger("walletd.http")
+
+
+def build_services(settings: Settings) -> Services:
+    database = Database(
+        settings.database_url,
+        min_size=min(settings.database_pool_min, settings.database_pool_max),
+        max_size=settings.database_pool_max,
+        command_timeout_seconds=settings.database_timeout_seconds,
+        acquire_timeout_seconds=settings.database_acquire_timeout_seconds,
+    )
+    return Services(
+        settings=settings,
+        database=database,
+        engine=PostingEngine(database),
+        wallets=WalletService(database),
+        queries=LedgerQueries(database),
+    )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    services = build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await services.database.connect()
+        logger.info("api_started", pid=_pid())
+        try:
+            yield
+        finally:
+            await services.database.close()
+
+    app = FastAPI(
+        title="walletd", version="0.1.0", lifespan=lifespan,
+        description="Wallet engine: double-entry ledger with idempotent money movement.",
+    )
+    app.state.services = services
+    problems.install(app)
+    app.include_router(routes_ops.router)
+    app.include_router(routes_wallets.router)
+    app.include_router(routes_money.router)
+    app.middleware("http")(_observe)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app
+
+
+async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    started = time.perf_counter()
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    response = await call_next(request)
+    route = request.scope.get("route")
+    template = getattr(route, "path", "unmatched")
+    HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+    HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - started)
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

@@ -1,0 +1,118 @@
+"""Typed FastAPI dependencies: the process's services, the caller, the idempotency key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import Depends, Header, Request
+
+from walletd.adapters.postgres import Database
+from walletd.errors import Forbidden, IdempotencyKeyRequired, InvalidRequest, NotFound, Unauthorized
+from walletd.service_layer import tenants
+from walletd.service_layer.posting import PostingEngine
+from walletd.service_layer.queries import LedgerQueries
+from walletd.service_layer.tenants import Principal
+from walletd.service_layer.wallets import WalletService
+from walletd.settings import Settings
+
+AUTH_CACHE_SECONDS = 5.0
+AUTH_CACHE_MAX = 10_000
+IDEMPOTENCY_KEY_MAX = 255
+
+
+@dataclass
+class Services:
+    """Everything a request handler may use; one instance per process."""
+
+    settings: Settings
+    database: Database
+    engine: PostingEngine
+    wallets: WalletService
+    queries: LedgerQueries
+    extras: dict[str, Any] = field(default_factory=dict)
+    _auth_cache: dict[str, tuple[float, Principal]] = field(default_factory=dict)
+
+    async def authenticate(self, secret: str) -> Principal:
+        now = time.monotonic()
+        cached = self._auth_cache.get(secret)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self.database.connection() as connection:
+            principal = await tenants.authenticate(connection, secret)
+        if len(self._auth_cache) >= AUTH_CACHE_MAX:
+            self._auth_cache.clear()
+        self._auth_cache[secret] = (now + AUTH_CACHE_SECONDS, principal)
+        return principal
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_principal(
+    services: ServicesDep, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    if not authorization:
+        raise Unauthorized("missing Authorization: Bearer <key>")
+    scheme, _, secret = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("expected Authorization: Bearer <key>")
+    return await services.authenticate(secret.strip())
+
+
+def require(scope: str) -> Callable[..., Awaitable[Principal]]:
+    async def dependency(
+        principal: Annotated[Principal, Depends(get_principal)],
+    ) -> Principal:
+        if scope not in principal.scopes:
+            raise Forbidden(f"this key lacks the {scope!r} scope")
+        return principal
+
+    return dependency
+
+
+ReadPrincipal = Annotated[Principal, Depends(require("read"))]
+WritePrincipal = Annotated[Principal, Depends(require("write"))]
+AdminPrincipal = Annotated[Principal, Depends(require("admin"))]
+
+
+def _valid_key(key: str) -> bool:
+    return 1 <= len(key) <= IDEMPOTENCY_KEY_MAX and all(" " <= ch <= "~" for ch in key)
+
+
+async def required_idempotency_key(
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> str:
+    if idempotency_key is None:
+        raise IdempotencyKeyRequired("this request needs an Idempotency-Key header")
+    if not _valid_key(idempotency_key):
+        raise InvalidRequest("Idempotency-Key must be 1-255 printable ASCII characters")
+    return idempotency_key
+
+
+async def optional_idempotency_key(
+    idempotency_key: Annotated[str | None, Header()] = None,
+) -> str | None:
+    if idempotency_key is not None and not _valid_key(idempotency_key):
+        raise InvalidRequest("Idempotency-Key must be 1-255 printable ASCII characters")
+    return idempotency_key
+
+
+RequiredKey = Annotated[str, Depends(required_idempotency_key)]
+OptionalKey = Annotated[str | None, Depends(optional_idempotency_key)]
+
+
+def path_uuid(value: str, kind: str) -> UUID:
+    """A path id that is not a UUID names nothing: 404."""
+    try:
+        return UUID(value)
+    except ValueError as error:
+        raise NotFound(f"{kind} {value} not found") from error

@@ -1,0 +1,125 @@
+"""The one place where errors become RFC 9457 ``application/problem+json`` responses.
+
+Handlers raise :mod:`walletd.errors` exceptions; framework validation errors map to
+400/422 here; anything unexpected is logged with a request id and answered with a
+bare "internal error" — never a stack trace.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from walletd.adapters.postgres import UNAVAILABLE_ERRORS
+from walletd.errors import RateLimited, Unavailable, WalletdError
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+logger = structlog.get_logger("walletd.http")
+
+
+def problem_body(
+    status: int, code: str, title: str, detail: str, **extra: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": f"urn:walletd:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    body.update(extra)
+    return body
+
+
+def error_body(error: WalletdError, **extra: Any) -> dict[str, Any]:
+    return problem_body(error.status, error.code, error.title, error.detail, **extra)
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=int(body["status"]), media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def error_response(error: WalletdError, **extra: Any) -> Response:
+    headers = None
+    if isinstance(error, RateLimited | Unavailable):
+        headers = {"Retry-After": str(error.retry_after_seconds)}
+    return problem_response(error_body(error, **extra), headers)
+
+
+def _describe(errors: Sequence[Any]) -> str:
+    parts = []
+    for error in list(errors)[:5]:
+        location = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+        message = str(error.get("msg", "invalid"))
+        parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts) or "invalid input"
+
+
+def is_malformed_body(errors: Sequence[Any]) -> bool:
+    """Unparseable or empty JSON: a 400, not a 422."""
+    for error in errors:
+        kind = error.get("type")
+        if kind == "json_invalid":
+            return True
+        if kind == "missing" and tuple(error.get("loc", ())) == ("body",):
+            return True
+    return False
+
+
+async def _on_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if is_malformed_body(errors):
+        return problem_response(
+            problem_body(400, "invalid_request", "Invalid request", "the body is not valid JSON")
+        )
+    return problem_response(
+        problem_body(422, "validation_error", "Validation error", _describe(errors))
+    )
+
+
+async def _on_walletd_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, WalletdError)
+    if exc.status >= 500 and not isinstance(exc, Unavailable):
+        return await _on_unexpected(request, exc)
+    return error_response(exc)
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    code = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+            413: "payload_too_large", 422: "validation_error"}.get(status, "invalid_request")
+    title = {404: "Not found", 405: "Method not allowed"}.get(status, "Invalid request")
+    detail = str(exc.detail) if status != 404 else "no such resource"
+    headers = dict(exc.headers) if exc.headers else None
+    return problem_response(problem_body(status, code, title, detail), headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return error_response(Unavailable("a dependency did not answer in time"))
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    logger.error("unhandled_error", request_id=request_id, path=request.url.path,
+                 error=repr(exc), exc_info=exc)
+    body = problem_body(500, "internal_error", "Internal error",
+                        f"internal error (request id {request_id})")
+    return problem_response(body)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(WalletdError, _on_walletd_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,208 @@
+"""Request and response models of the HTTP API, one per direction.
+
+Requests are validated here (shape, ranges, currencies, metadata caps); anything that
+fails becomes a 422 ``validation_error``. Response models document the wire format in
+OpenAPI; the bytes themselves come from :mod:`walletd.entrypoints.http.render`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import UUID4 as _UUID4  # noqa: F401  (kept for schema consumers)
+from uuid import UUID
+
+from walletd.domain.money import MAX_AMOUNT, is_known_currency
+
+METADATA_MAX_BYTES = 16 * 1024
+METADATA_MAX_DEPTH = 5
+
+
+def _check_currency(code: str) -> str:
+    if not is_known_currency(code):
+        raise ValueError(f"unknown currency code {code!r}: expected an ISO 4217 code like EUR")
+    return code
+
+
+def _depth_at_most(value: Any, limit: int) -> bool:
+    """True when ``value`` nests objects/arrays at most ``limit`` levels (iterative)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return True
+
+
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    if not _depth_at_most(value, METADATA_MAX_DEPTH):
+        raise ValueError(f"metadata nests deeper than {METADATA_MAX_DEPTH} levels")
+    try:
+        size = len(orjson.dumps(value))
+    except (orjson.JSONEncodeError, TypeError) as error:
+        raise ValueError("metadata must be plain JSON") from error
+    if size > METADATA_MAX_BYTES:
+        raise ValueError(f"metadata is {size} bytes; at most {METADATA_MAX_BYTES} allowed")
+    return value
+
+
+Amount = Annotated[StrictInt, Field(ge=1, le=MAX_AMOUNT, description="Minor units, 1..2^63-1")]
+NonNegativeAmount = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT)]
+Currency = Annotated[
+    StrictStr, Field(min_length=3, max_length=3, examples=["EUR"]), AfterValidator(_check_currency)
+]
+Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
+Reference = Annotated[StrictStr, Field(max_length=255)]
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=False)
+
+
+class WalletCreate(RequestModel):
+    currency: Currency
+    owner_id: Annotated[StrictStr, Field(max_length=255)] | None = None
+    overdraft_limit: NonNegativeAmount = 0
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class CreditCreate(RequestModel):
+    wallet_id: UUID
+    amount: Amount
+    currency: Currency
+    reference: Reference | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class DebitCreate(CreditCreate):
+    pass
+
+
+class TransferCreate(RequestModel):
+    from_wallet_id: UUID
+    to_wallet_id: UUID
+    amount: Amount
+    currency: Currency
+    reference: Reference | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class TransferBatchCreate(RequestModel):
+    transfers: Annotated[list[TransferCreate], Field(min_length=1, max_length=1000)]
+    atomic: bool
+
+
+class ReasonBody(RequestModel):
+    reason: Annotated[StrictStr, Field(max_length=1000)] | None = None
+
+
+class LimitsUpdate(RequestModel):
+    max_debit_amount: Amount | None = None
+    daily_debit_amount: Amount | None = None
+    max_debits_per_minute: Annotated[StrictInt, Field(ge=1, le=1_000_000)] | None = None
+
+
+class LimitsPublic(BaseModel):
+    max_debit_amount: int | None
+    daily_debit_amount: int | None
+    max_debits_per_minute: int | None
+
+
+class WalletPublic(BaseModel):
+    id: UUID
+    currency: str
+    owner_id: str | None
+    status: Literal["active", "frozen", "closed"]
+    balance: int
+    held_balance: int
+    available_balance: int
+    overdraft_limit: int
+    version: int
+    limits: LimitsPublic
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class EntryPublic(BaseModel):
+    id: UUID
+    transaction_id: UUID
+    wallet_id: UUID
+    amount: int
+    balance_after: int
+    wallet_version: int
+    created_at: datetime
+
+
+class TransactionPublic(BaseModel):
+    id: UUID
+    type: Literal["credit", "debit", "transfer", "capture", "reversal"]
+    status: Literal["posted", "pending_review", "rejected"]
+    amount: int
+    currency: str
+    reference: str | None
+    metadata: dict[str, Any]
+    reverses_transaction_id: UUID | None
+    entries: list[EntryPublic]
+    created_at: datetime
+
+
+class WalletList(BaseModel):
+    data: list[WalletPublic]
+    next_cursor: str | None
+
+
+class EntryList(BaseModel):
+    data: list[EntryPublic]
+    next_cursor: str | None
+
+
+class BalancePublic(BaseModel):
+    wallet_id: UUID
+    currency: str
+    balance: int
+    wallet_version: int
+    at: datetime
+
+
+class StatementPublic(BaseModel):
+    wallet_id: UUID
+    currency: str
+    from_: datetime | None = Field(alias="from")
+    to: datetime
+    opening_balance: int
+    closing_balance: int
+    total_credits: int
+    total_debits: int
+    entries: list[EntryPublic]
+    next_cursor: str | None
+
+
+class BatchAtomicPublic(BaseModel):
+    data: list[TransactionPublic]
+
+
+class BatchItemPublic(BaseModel):
+    index: int
+    status: int
+    transaction: TransactionPublic | None
+    error: dict[str, Any] | None
+
+
+class BatchResultsPublic(BaseModel):
+    data: list[BatchItemPublic]
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str

@@ -1,0 +1,108 @@
+"""Read use cases: transactions, entry pages, point-in-time balances, statements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+from walletd.adapters import ledger_queries, wallet_store
+from walletd.adapters.postgres import Database
+from walletd.domain.ledger import Entry
+from walletd.domain.records import Transaction, Wallet
+from walletd.errors import NotFound
+
+STATEMENT_MAX_ENTRIES = 10_000
+CSV_PAGE = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    wallet: Wallet
+    start: datetime | None
+    end: datetime
+    opening_balance: int
+    closing_balance: int
+    total_credits: int
+    total_debits: int
+    entries: list[Entry]
+    next_version: int | None
+
+
+class LedgerQueries:
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def transaction(self, tenant_id: UUID, transaction_id: UUID) -> Transaction:
+        async with self._database.connection() as connection:
+            found = await ledger_queries.get_transaction(connection, tenant_id, transaction_id)
+        if found is None:
+            raise NotFound(f"transaction {transaction_id} not found")
+        return found
+
+    async def _wallet(self, connection: object, tenant_id: UUID, wallet_id: UUID) -> Wallet:
+        wallet = await wallet_store.get_wallet(connection, tenant_id, wallet_id)  # type: ignore[arg-type]
+        if wallet is None:
+            raise NotFound(f"wallet {wallet_id} not found")
+        return wallet
+
+    async def entries(
+        self, tenant_id: UUID, wallet_id: UUID, after_version: int,
+        start: datetime | None, end: datetime | None, limit: int,
+    ) -> list[Entry]:
+        async with self._database.connection() as connection:
+            await self._wallet(connection, tenant_id, wallet_id)
+            return await ledger_queries.page_entries(
+                connection, wallet_id, after_version, start, end, limit
+            )
+
+    async def balance_at(
+        self, tenant_id: UUID, wallet_id: UUID, moment: datetime
+    ) -> tuple[Wallet, int, int]:
+        async with self._database.connection() as connection:
+            wallet = await self._wallet(connection, tenant_id, wallet_id)
+            balance, version = await ledger_queries.balance_at(connection, wallet_id, moment)
+        return wallet, balance, version
+
+    async def statement(
+        self, tenant_id: UUID, wallet_id: UUID, start: datetime | None, end: datetime | None,
+        after_version: int = 0, max_entries: int = STATEMENT_MAX_ENTRIES,
+    ) -> Statement:
+        """Opening balance before ``start``, closing at ``end`` (inclusive), totals between."""
+        end = end or datetime.now(UTC)
+        async with self._database.connection() as connection, connection.transaction(
+            isolation="repeatable_read", readonly=True
+        ):
+            wallet = await self._wallet(connection, tenant_id, wallet_id)
+            opening = 0
+            if start is not None:
+                opening, _ = await ledger_queries.balance_at(
+                    connection, wallet_id, start, inclusive=False
+                )
+            closing, _ = await ledger_queries.balance_at(connection, wallet_id, end)
+            credits, debits = await ledger_queries.range_totals(connection, wallet_id, start, end)
+            entries = await ledger_queries.page_entries(
+                connection, wallet_id, after_version, start, end, max_entries + 1
+            )
+        next_version = entries[max_entries - 1].wallet_version if len(entries) > max_entries else None
+        return Statement(
+            wallet, start, end, opening, closing, credits, debits, entries[:max_entries],
+            next_version,
+        )
+
+    async def stream_entries(
+        self, tenant_id: UUID, wallet_id: UUID, start: datetime | None, end: datetime
+    ) -> AsyncIterator[Entry]:
+        """All entries of the range, page by page (for CSV statements)."""
+        after_version = 0
+        while True:
+            async with self._database.connection() as connection:
+                page = await ledger_queries.page_entries(
+                    connection, wallet_id, after_version, start, end, CSV_PAGE
+                )
+            for entry in page:
+                yield entry
+            if len(page) < CSV_PAGE:
+                return
+            after_version = page[-1].wallet_version
