@@ -17,6 +17,9 @@ import pytest
 from walletd.adapters.embedded import ServiceEndpoints
 from walletd.adapters.migrations import upgrade
 from walletd.adapters.postgres import Database
+from walletd.settings import Settings
+
+from tests.support.api import ApiHarness, api_harness
 
 pytest_plugins = ["tests.support.services"]
 
@@ -55,3 +58,10 @@ async def database(database_url: str) -> AsyncIterator[Database]:
         yield db
     finally:
         await db.close()
+
+
+@pytest.fixture
+async def api(database_url: str) -> AsyncIterator[ApiHarness]:
+    """The real app in-process on the session database (no Redis)."""
+    async with api_harness(Settings(database_url=database_url)) as harness:
+        yield harness
