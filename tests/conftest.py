@@ -14,12 +14,11 @@ from uuid import uuid4
 import asyncpg
 import pytest
 
+from tests.support.api import ApiHarness, api_harness
 from walletd.adapters.embedded import ServiceEndpoints
 from walletd.adapters.migrations import upgrade
 from walletd.adapters.postgres import Database
 from walletd.settings import Settings
-
-from tests.support.api import ApiHarness, api_harness
 
 pytest_plugins = ["tests.support.services"]
 

@@ -27,8 +27,10 @@ BAD_AMOUNTS: list[Any] = [0, -1, 1.5, 10.0, "10", True, None, 2**63, 10**30, [],
 async def test_bad_amounts_are_422_and_change_nothing(api: ApiHarness, amount: Any) -> None:
     client = await api.tenant()
     alice, bob = await _funded_pair(client)
-    response = await client.post("/v1/transfers", {
-        "from_wallet_id": alice, "to_wallet_id": bob, "amount": amount, "currency": "EUR"})
+    response = await client.post(
+        "/v1/transfers",
+        {"from_wallet_id": alice, "to_wallet_id": bob, "amount": amount, "currency": "EUR"},
+    )
     assert response.status_code == 422
     problem = response.json()
     assert problem["code"] == "validation_error" and problem["status"] == 422
@@ -56,15 +58,21 @@ async def test_unknown_currencies_are_422(api: ApiHarness, currency: Any) -> Non
 )
 async def test_malformed_bodies(api: ApiHarness, body: bytes, status: int, code: str) -> None:
     client = await api.tenant()
-    response = await api.http.post("/v1/credits", content=body, headers={
-        **client.headers(), "Content-Type": "application/json"})
+    response = await api.http.post(
+        "/v1/credits",
+        content=body,
+        headers={**client.headers(), "Content-Type": "application/json"},
+    )
     assert (response.status_code, response.json()["code"]) == (status, code)
 
 
 async def test_ten_megabyte_body_is_413(api: ApiHarness) -> None:
     client = await api.tenant()
-    response = await api.http.post("/v1/credits", content=b"a" * 10_000_000, headers={
-        **client.headers(), "Content-Type": "application/json"})
+    response = await api.http.post(
+        "/v1/credits",
+        content=b"a" * 10_000_000,
+        headers={**client.headers(), "Content-Type": "application/json"},
+    )
     assert (response.status_code, response.json()["code"]) == (413, "payload_too_large")
 
 
@@ -74,9 +82,13 @@ async def test_non_uuid_ids(api: ApiHarness) -> None:
     assert (await client.get("/v1/wallets/not-a-uuid")).status_code == 404
     assert (await client.get("/v1/transactions/123")).status_code == 404
     assert (await client.get(f"/v1/wallets/{uuid.uuid4()}")).json()["code"] == "not_found"
-    response = await client.post("/v1/credits", {"wallet_id": "nope", "amount": 1, "currency": "EUR"})
+    response = await client.post(
+        "/v1/credits", {"wallet_id": "nope", "amount": 1, "currency": "EUR"}
+    )
     assert (response.status_code, response.json()["code"]) == (422, "validation_error")
-    missing = await client.post("/v1/credits", {"wallet_id": str(uuid.uuid4()), "amount": 1, "currency": "EUR"})
+    missing = await client.post(
+        "/v1/credits", {"wallet_id": str(uuid.uuid4()), "amount": 1, "currency": "EUR"}
+    )
     assert (missing.status_code, missing.json()["code"]) == (404, "not_found")
     assert (await client.get(f"/v1/wallets/{wallet['id']}")).json()["version"] == 0
 
@@ -100,10 +112,17 @@ async def test_metadata_caps_on_depth_and_size(api: ApiHarness) -> None:
     assert not_object.status_code == 422
 
 
-@pytest.mark.parametrize("params", [
-    {"limit": 0}, {"limit": 501}, {"limit": "x"}, {"cursor": "!!!"}, {"from": "yesterday"},
-    {"to": "2026-13-01T00:00:00Z"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": 0},
+        {"limit": 501},
+        {"limit": "x"},
+        {"cursor": "!!!"},
+        {"from": "yesterday"},
+        {"to": "2026-13-01T00:00:00Z"},
+    ],
+)
 async def test_bad_query_parameters_are_422(api: ApiHarness, params: dict[str, Any]) -> None:
     client = await api.tenant()
     wallet = await client.wallet()
@@ -121,8 +140,11 @@ async def test_balance_needs_a_valid_at(api: ApiHarness) -> None:
 @pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9".encode(), "tab\there"])
 async def test_malformed_idempotency_key_is_400(api: ApiHarness, key: str | bytes) -> None:
     client = await api.tenant()
-    response = await api.http.post("/v1/wallets", json={"currency": "EUR"}, headers={
-        "Authorization": f"Bearer {client.key}", "Idempotency-Key": key})
+    response = await api.http.post(
+        "/v1/wallets",
+        json={"currency": "EUR"},
+        headers={"Authorization": f"Bearer {client.key}", "Idempotency-Key": key},
+    )
     assert (response.status_code, response.json()["code"]) == (400, "invalid_request")
 
 
@@ -136,7 +158,9 @@ async def test_overflowing_balance_is_422(api: ApiHarness) -> None:
     client = await api.tenant()
     wallet = await client.wallet()
     await client.credit(wallet["id"], 2**63 - 1)
-    response = await client.post("/v1/credits", {"wallet_id": wallet["id"], "amount": 1, "currency": "EUR"})
+    response = await client.post(
+        "/v1/credits", {"wallet_id": wallet["id"], "amount": 1, "currency": "EUR"}
+    )
     assert (response.status_code, response.json()["code"]) == (422, "validation_error")
     assert (await client.get(f"/v1/wallets/{wallet['id']}")).json()["balance"] == 2**63 - 1
 

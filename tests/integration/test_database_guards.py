@@ -26,7 +26,11 @@ async def _tenant_with_wallets(database: Database, count: int) -> tuple[uuid.UUI
         for wallet_id in wallet_ids:
             await connection.execute(
                 "INSERT INTO wallets (id, tenant_id, currency, created_at, updated_at)"
-                " VALUES ($1, $2, 'EUR', $3, $3)", wallet_id, key.tenant_id, now)
+                " VALUES ($1, $2, 'EUR', $3, $3)",
+                wallet_id,
+                key.tenant_id,
+                now,
+            )
     return key.tenant_id, wallet_ids
 
 
@@ -39,14 +43,27 @@ async def test_unbalanced_transaction_is_refused_at_commit(database: Database) -
             async with connection.transaction():
                 await connection.execute(
                     "INSERT INTO transactions (id, tenant_id, type, status, amount, currency,"
-                    " created_at, updated_at) VALUES ($1, $2, 'credit', 'posted', 5, 'EUR', $3, $3)",
-                    transaction_id, tenant_id, now)
+                    " created_at, updated_at)"
+                    " VALUES ($1, $2, 'credit', 'posted', 5, 'EUR', $3, $3)",
+                    transaction_id,
+                    tenant_id,
+                    now,
+                )
                 await connection.execute(
                     "INSERT INTO entries (id, transaction_id, wallet_id, currency, amount,"
                     " balance_after, wallet_version, hash, created_at)"
                     " VALUES ($1, $2, $3, 'EUR', 5, 5, 1, '\\x00', $4)",
-                    uuid.uuid4(), transaction_id, wallet_id, now)
-        assert await connection.fetchval("SELECT count(*) FROM transactions WHERE id = $1", transaction_id) == 0
+                    uuid.uuid4(),
+                    transaction_id,
+                    wallet_id,
+                    now,
+                )
+        assert (
+            await connection.fetchval(
+                "SELECT count(*) FROM transactions WHERE id = $1", transaction_id
+            )
+            == 0
+        )
 
 
 async def test_entries_cannot_be_changed_or_deleted(database: Database) -> None:
@@ -55,7 +72,9 @@ async def test_entries_cannot_be_changed_or_deleted(database: Database) -> None:
     assert isinstance(posted, Transaction)
     async with database.connection() as connection:
         with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
-            await connection.execute("UPDATE entries SET amount = 11 WHERE transaction_id = $1", posted.id)
+            await connection.execute(
+                "UPDATE entries SET amount = 11 WHERE transaction_id = $1", posted.id
+            )
         with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
             await connection.execute("DELETE FROM entries WHERE transaction_id = $1", posted.id)
 
@@ -75,9 +94,13 @@ async def test_one_entry_per_wallet_version(database: Database) -> None:
         entry = await connection.fetchrow("SELECT * FROM entries WHERE wallet_id = $1", wallet_id)
         with pytest.raises(asyncpg.UniqueViolationError):
             await connection.execute(
-                "INSERT INTO entries (id, transaction_id, wallet_id, currency, amount, balance_after,"
-                " wallet_version, hash, created_at) VALUES ($1, $2, $3, 'EUR', 1, 11, 1, '\\x00', now())",
-                uuid.uuid4(), entry["transaction_id"], wallet_id)
+                "INSERT INTO entries (id, transaction_id, wallet_id, currency, amount,"
+                " balance_after, wallet_version, hash, created_at)"
+                " VALUES ($1, $2, $3, 'EUR', 1, 11, 1, '\\x00', now())",
+                uuid.uuid4(),
+                entry["transaction_id"],
+                wallet_id,
+            )
 
 
 async def test_two_writers_racing_for_the_last_funds_exactly_one_wins(database: Database) -> None:
@@ -94,7 +117,8 @@ async def test_two_writers_racing_for_the_last_funds_exactly_one_wins(database: 
     assert failure.error.code == "insufficient_funds"
     async with database.connection() as connection:
         balances = await connection.fetch(
-            "SELECT id, balance FROM wallets WHERE id = ANY($1::uuid[])", [source, first, second])
+            "SELECT id, balance FROM wallets WHERE id = ANY($1::uuid[])", [source, first, second]
+        )
     assert sorted(row["balance"] for row in balances) == [0, 0, 100]
 
 
@@ -102,14 +126,22 @@ async def test_non_atomic_batch_isolates_failures(database: Database) -> None:
     tenant_id, (rich, poor, target) = await _tenant_with_wallets(database, 3)
     engine = PostingEngine(database)
     await engine.post(tenant_id, [Credit(rich, 50, "EUR")])
-    results = await engine.post(tenant_id, [
-        Transfer(rich, target, 20, "EUR"),
-        Transfer(poor, target, 1, "EUR"),
-        Transfer(rich, target, 30, "EUR"),
-        Transfer(rich, target, 1, "EUR"),
-    ], atomic=False)
+    results = await engine.post(
+        tenant_id,
+        [
+            Transfer(rich, target, 20, "EUR"),
+            Transfer(poor, target, 1, "EUR"),
+            Transfer(rich, target, 30, "EUR"),
+            Transfer(rich, target, 1, "EUR"),
+        ],
+        atomic=False,
+    )
     assert [type(result).__name__ for result in results] == [
-        "Transaction", "ItemFailure", "Transaction", "ItemFailure"]
+        "Transaction",
+        "ItemFailure",
+        "Transaction",
+        "ItemFailure",
+    ]
     async with database.connection() as connection:
         assert await connection.fetchval("SELECT balance FROM wallets WHERE id = $1", target) == 50
         assert await connection.fetchval("SELECT version FROM wallets WHERE id = $1", target) == 2

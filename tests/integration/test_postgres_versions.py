@@ -29,7 +29,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def wheel_postgres_url() -> object:
     run_dir = REPO_ROOT / ".walletd" / f"test-pg-wheel-{os.getpid()}"
-    stack = EmbeddedStack(run_dir, postgres=True, redis=False, kafka=False, pg_flavor="wheel", fast=True)
+    stack = EmbeddedStack(
+        run_dir, postgres=True, redis=False, kafka=False, pg_flavor="wheel", fast=True
+    )
     endpoints = stack.start()
     try:
         assert stack.postgres is not None
@@ -38,7 +40,9 @@ def wheel_postgres_url() -> object:
         stack.stop()
 
 
-async def test_schema_and_postings_work_on_the_wheel_server(wheel_postgres_url: tuple[str, str]) -> None:
+async def test_schema_and_postings_work_on_the_wheel_server(
+    wheel_postgres_url: tuple[str, str],
+) -> None:
     url, version = wheel_postgres_url
     assert int(version.split(".")[0]) >= 16
     upgrade(url)
@@ -53,17 +57,31 @@ async def test_schema_and_postings_work_on_the_wheel_server(wheel_postgres_url: 
             for wallet_id in wallets:
                 await connection.execute(
                     "INSERT INTO wallets (id, tenant_id, currency, created_at, updated_at)"
-                    " VALUES ($1, $2, 'EUR', $3, $3)", wallet_id, key.tenant_id, now)
+                    " VALUES ($1, $2, 'EUR', $3, $3)",
+                    wallet_id,
+                    key.tenant_id,
+                    now,
+                )
         engine = PostingEngine(database)
-        results = await engine.post(key.tenant_id, [
-            Credit(wallets[0], 500, "EUR"), Transfer(wallets[0], wallets[1], 200, "EUR"),
-            Debit(wallets[1], 50, "EUR")])
+        results = await engine.post(
+            key.tenant_id,
+            [
+                Credit(wallets[0], 500, "EUR"),
+                Transfer(wallets[0], wallets[1], 200, "EUR"),
+                Debit(wallets[1], 50, "EUR"),
+            ],
+        )
         assert all(isinstance(result, Transaction) for result in results)
         async with database.connection() as connection:
-            balances = dict(await connection.fetch(
-                "SELECT id, balance FROM wallets WHERE tenant_id = $1 AND NOT is_system", key.tenant_id))
+            balances = dict(
+                await connection.fetch(
+                    "SELECT id, balance FROM wallets WHERE tenant_id = $1 AND NOT is_system",
+                    key.tenant_id,
+                )
+            )
             total = await connection.fetchval(
-                "SELECT sum(balance) FROM wallets WHERE tenant_id = $1", key.tenant_id)
+                "SELECT sum(balance) FROM wallets WHERE tenant_id = $1", key.tenant_id
+            )
             with pytest.raises(asyncpg.RestrictViolationError):
                 await connection.execute("DELETE FROM entries WHERE wallet_id = $1", wallets[0])
         assert balances == {wallets[0]: 300, wallets[1]: 150}

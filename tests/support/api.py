@@ -35,8 +35,13 @@ class TenantClient:
         return headers
 
     async def post(
-        self, path: str, json: Any = None, *, idempotency_key: str | None = None,
-        auto_key: bool = True, **kwargs: Any,
+        self,
+        path: str,
+        json: Any = None,
+        *,
+        idempotency_key: str | None = None,
+        auto_key: bool = True,
+        **kwargs: Any,
     ) -> httpx.Response:
         headers = {**self.headers(idempotency_key, auto_key), **kwargs.pop("headers", {})}
         return await self.http.post(path, json=json, headers=headers, **kwargs)
@@ -67,7 +72,9 @@ class ApiHarness:
     def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
         self.settings, self.http = settings, http
 
-    async def tenant(self, scopes: str = "read,write,admin", name: str | None = None) -> TenantClient:
+    async def tenant(
+        self, scopes: str = "read,write,admin", name: str | None = None
+    ) -> TenantClient:
         connection = await asyncpg.connect(self.settings.database_url)
         try:
             new_key = await create_api_key(

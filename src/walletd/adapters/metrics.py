@@ -17,7 +17,9 @@ HTTP_REQUESTS = Counter(
     "walletd_http_requests_total", "HTTP requests answered", ["method", "route", "status"]
 )
 HTTP_LATENCY = Histogram(
-    "walletd_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+    "walletd_http_request_duration_seconds",
+    "HTTP request latency",
+    ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 

@@ -73,7 +73,9 @@ class Database:
                 server_settings={"application_name": "walletd"},
             )
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as error:
-            raise Unavailable(f"PostgreSQL is unreachable at {_redact(self.url)}: {error}") from error
+            raise Unavailable(
+                f"PostgreSQL is unreachable at {_redact(self.url)}: {error}"
+            ) from error
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -114,7 +116,7 @@ class UnitOfWork:
         self._database = database
         self._acquired: Any = None
         self._transaction: Any = None
-        self.connection: asyncpg.Connection = None  # type: ignore[assignment]
+        self.connection: asyncpg.Connection = None
         self._committed = False
 
     async def __aenter__(self) -> UnitOfWork:

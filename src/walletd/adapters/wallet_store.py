@@ -107,7 +107,10 @@ async def list_wallets(
 
 
 async def set_status(
-    connection: asyncpg.Connection, tenant_id: UUID, wallet_id: UUID, status: WalletStatus,
+    connection: asyncpg.Connection,
+    tenant_id: UUID,
+    wallet_id: UUID,
+    status: WalletStatus,
     at: datetime,
 ) -> Wallet:
     row = await connection.fetchrow(UPDATE_STATUS, tenant_id, wallet_id, status.value, at)
@@ -115,7 +118,10 @@ async def set_status(
 
 
 async def set_limits(
-    connection: asyncpg.Connection, tenant_id: UUID, wallet_id: UUID, limits: Limits,
+    connection: asyncpg.Connection,
+    tenant_id: UUID,
+    wallet_id: UUID,
+    limits: Limits,
     at: datetime,
 ) -> Wallet:
     row = await connection.fetchrow(UPDATE_LIMITS, tenant_id, wallet_id, limits.to_json(), at)

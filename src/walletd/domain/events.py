@@ -26,9 +26,7 @@ class OutboxEvent:
     payload: dict[str, Any]
 
 
-def cloud_event(
-    event_type: str, subject: UUID, at: datetime, data: dict[str, Any]
-) -> OutboxEvent:
+def cloud_event(event_type: str, subject: UUID, at: datetime, data: dict[str, Any]) -> OutboxEvent:
     """Wrap ``data`` in a CloudEvents 1.0 envelope keyed by ``subject`` (a wallet id)."""
     event_id = uuid4()
     payload = {
@@ -44,9 +42,7 @@ def cloud_event(
     return OutboxEvent(event_id, str(subject), event_type, payload)
 
 
-def entry_events(
-    transaction: Transaction, system_wallet_ids: frozenset[UUID]
-) -> list[OutboxEvent]:
+def entry_events(transaction: Transaction, system_wallet_ids: frozenset[UUID]) -> list[OutboxEvent]:
     """One event per entry of a posted transaction, in entry order."""
     wallets = [entry.wallet_id for entry in transaction.entries]
     user_wallets = [wallet for wallet in wallets if wallet not in system_wallet_ids]
@@ -55,7 +51,9 @@ def entry_events(
     for entry in transaction.entries:
         counterparty = None
         if two_user_wallets:
-            counterparty = user_wallets[1] if entry.wallet_id == user_wallets[0] else user_wallets[0]
+            counterparty = (
+                user_wallets[1] if entry.wallet_id == user_wallets[0] else user_wallets[0]
+            )
         data = {
             "tenant_id": str(transaction.tenant_id),
             "wallet_id": str(entry.wallet_id),

@@ -198,9 +198,7 @@ def check_movement(
     checked_balance(destination.balance + movement.amount)
 
 
-def append_entry(
-    wallet: WalletState, transaction_id: UUID, amount: int, at: datetime
-) -> Entry:
+def append_entry(wallet: WalletState, transaction_id: UUID, amount: int, at: datetime) -> Entry:
     """Add one entry to ``wallet``'s chain and return it; the wallet moves on."""
     entry_id = uuid4()
     balance_after = checked_balance(wallet.balance + amount)
@@ -221,8 +219,15 @@ def append_entry(
     wallet.balance, wallet.version, wallet.last_hash = balance_after, version, digest
     wallet.updated_at = at
     return Entry(
-        entry_id, transaction_id, wallet.id, wallet.currency, amount, balance_after, version,
-        digest, at,
+        entry_id,
+        transaction_id,
+        wallet.id,
+        wallet.currency,
+        amount,
+        balance_after,
+        version,
+        digest,
+        at,
     )
 
 
@@ -265,4 +270,3 @@ def release_hold(wallet: WalletState, amount: int, at: datetime) -> None:
     assert 0 < amount <= wallet.held_balance
     wallet.held_balance -= amount
     wallet.updated_at = max(wallet.updated_at, at)
-

@@ -19,13 +19,18 @@ from walletd.service_layer.tenants import NewKey, create_api_key
 from walletd.settings import Settings, load_settings
 
 app = typer.Typer(
-    name="walletd", help="walletd: a wallet engine.", no_args_is_help=True,
-    pretty_exceptions_enable=False, add_completion=False,
+    name="walletd",
+    help="walletd: a wallet engine.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
 )
 api_keys = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(api_keys, name="api-keys")
 
-DatabaseUrl = Annotated[str | None, typer.Option("--database-url", help="postgresql://… (else WALLETD_DATABASE_URL)")]
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", help="postgresql://… (else WALLETD_DATABASE_URL)")
+]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -102,9 +107,15 @@ def serve(
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="walletd-metrics-")
     try:
         uvicorn.run(
-            "walletd.entrypoints.http.asgi:create_app_from_env", factory=True,
-            host=settings.host, port=settings.port, workers=settings.workers,
-            loop="uvloop", http="httptools", log_level="warning", access_log=False,
+            "walletd.entrypoints.http.asgi:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
             timeout_graceful_shutdown=10,
         )
     except OSError as error:
@@ -126,7 +137,10 @@ def api_keys_create(
         new_key = asyncio.run(_create_key(settings.database_url, tenant, wanted))
     except WalletdError as error:
         fail(error.detail)
-    typer.echo(f"tenant {tenant} ({new_key.tenant_id}), key {new_key.key_id}, scopes {','.join(new_key.scopes)}")
+    typer.echo(
+        f"tenant {tenant} ({new_key.tenant_id}), key {new_key.key_id},"
+        f" scopes {','.join(new_key.scopes)}"
+    )
     typer.echo(new_key.secret)
 
 

@@ -86,10 +86,19 @@ def run_dev(run_dir: str, port: int) -> None:
         logs.mkdir(exist_ok=True)
         api_log = (logs / "api.log").open("ab")
         relay_log = (logs / "relay.log").open("ab")
-        children.append(subprocess.Popen([*_walletd_command(), "serve", "--port", str(port)],
-                                         env=env, stdout=api_log, stderr=api_log))
-        children.append(subprocess.Popen([*_walletd_command(), "relay"],
-                                         env=env, stdout=relay_log, stderr=relay_log))
+        children.append(
+            subprocess.Popen(
+                [*_walletd_command(), "serve", "--port", str(port)],
+                env=env,
+                stdout=api_log,
+                stderr=api_log,
+            )
+        )
+        children.append(
+            subprocess.Popen(
+                [*_walletd_command(), "relay"], env=env, stdout=relay_log, stderr=relay_log
+            )
+        )
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, children[0])
         print(f"walletd is running at {url}  (logs in {logs})")
@@ -111,6 +120,10 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
         for child in children:
             if child.poll() is not None and child.pid not in reported:
                 reported.add(child.pid)
-                print(f"warning: {' '.join(map(str, child.args))} exited with code {child.returncode}; "  # type: ignore[arg-type]
-                      "see the logs", file=sys.stderr, flush=True)
+                command = " ".join(str(part) for part in child.args)  # type: ignore[union-attr]
+                print(
+                    f"warning: {command} exited with code {child.returncode}; see the logs",
+                    file=sys.stderr,
+                    flush=True,
+                )
         time.sleep(0.5)

@@ -18,7 +18,9 @@ MIGRATION_LOCK_ID = 0x77616C6C6574  # "wallet"
 
 
 def _run(connection: Connection) -> None:
-    connection.execute(text("SELECT pg_advisory_xact_lock(:lock_id)"), {"lock_id": MIGRATION_LOCK_ID})
+    connection.execute(
+        text("SELECT pg_advisory_xact_lock(:lock_id)"), {"lock_id": MIGRATION_LOCK_ID}
+    )
     context.configure(connection=connection, transaction_per_migration=False)
     with context.begin_transaction():
         context.run_migrations()

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
+import asyncpg
+
 from walletd.adapters import ledger_queries, wallet_store
 from walletd.adapters.postgres import Database
 from walletd.domain.ledger import Entry
@@ -41,15 +43,22 @@ class LedgerQueries:
             raise NotFound(f"transaction {transaction_id} not found")
         return found
 
-    async def _wallet(self, connection: object, tenant_id: UUID, wallet_id: UUID) -> Wallet:
-        wallet = await wallet_store.get_wallet(connection, tenant_id, wallet_id)  # type: ignore[arg-type]
+    async def _wallet(
+        self, connection: asyncpg.Connection, tenant_id: UUID, wallet_id: UUID
+    ) -> Wallet:
+        wallet = await wallet_store.get_wallet(connection, tenant_id, wallet_id)
         if wallet is None:
             raise NotFound(f"wallet {wallet_id} not found")
         return wallet
 
     async def entries(
-        self, tenant_id: UUID, wallet_id: UUID, after_version: int,
-        start: datetime | None, end: datetime | None, limit: int,
+        self,
+        tenant_id: UUID,
+        wallet_id: UUID,
+        after_version: int,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int,
     ) -> list[Entry]:
         async with self._database.connection() as connection:
             await self._wallet(connection, tenant_id, wallet_id)
@@ -66,13 +75,19 @@ class LedgerQueries:
         return wallet, balance, version
 
     async def statement(
-        self, tenant_id: UUID, wallet_id: UUID, start: datetime | None, end: datetime | None,
-        after_version: int = 0, max_entries: int = STATEMENT_MAX_ENTRIES,
+        self,
+        tenant_id: UUID,
+        wallet_id: UUID,
+        start: datetime | None,
+        end: datetime | None,
+        after_version: int = 0,
+        max_entries: int = STATEMENT_MAX_ENTRIES,
     ) -> Statement:
         """Opening balance before ``start``, closing at ``end`` (inclusive), totals between."""
         end = end or datetime.now(UTC)
-        async with self._database.connection() as connection, connection.transaction(
-            isolation="repeatable_read", readonly=True
+        async with (
+            self._database.connection() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
         ):
             wallet = await self._wallet(connection, tenant_id, wallet_id)
             opening = 0
@@ -85,9 +100,18 @@ class LedgerQueries:
             entries = await ledger_queries.page_entries(
                 connection, wallet_id, after_version, start, end, max_entries + 1
             )
-        next_version = entries[max_entries - 1].wallet_version if len(entries) > max_entries else None
+        next_version = (
+            entries[max_entries - 1].wallet_version if len(entries) > max_entries else None
+        )
         return Statement(
-            wallet, start, end, opening, closing, credits, debits, entries[:max_entries],
+            wallet,
+            start,
+            end,
+            opening,
+            closing,
+            credits,
+            debits,
+            entries[:max_entries],
             next_version,
         )
 

@@ -62,8 +62,14 @@ class WalletService:
         at = datetime.now(UTC)
         async with self._database.unit_of_work() as uow:
             wallet = await wallet_store.insert_wallet(
-                uow.connection, wallet_id=uuid4(), tenant_id=tenant_id, currency=currency,
-                owner_id=owner_id, overdraft_limit=overdraft_limit, metadata=metadata, at=at,
+                uow.connection,
+                wallet_id=uuid4(),
+                tenant_id=tenant_id,
+                currency=currency,
+                owner_id=owner_id,
+                overdraft_limit=overdraft_limit,
+                metadata=metadata,
+                at=at,
             )
             data = wallet_event_data(wallet, owner_id=owner_id, overdraft_limit=overdraft_limit)
             event = cloud_event("wallet.created", wallet.id, at, data)
@@ -81,7 +87,10 @@ class WalletService:
         return wallet
 
     async def list(
-        self, tenant_id: UUID, owner_id: str | None, after: tuple[datetime, UUID] | None,
+        self,
+        tenant_id: UUID,
+        owner_id: str | None,
+        after: tuple[datetime, UUID] | None,
         limit: int,
     ) -> list[Wallet]:
         async with self._database.connection() as connection:
@@ -91,12 +100,17 @@ class WalletService:
         self, principal: Principal, wallet_id: UUID, action: str, reason: str | None
     ) -> Wallet:
         """``freeze``, ``unfreeze`` or ``close``; a no-op when already in that state."""
-        target = {"freeze": WalletStatus.FROZEN, "unfreeze": WalletStatus.ACTIVE,
-                  "close": WalletStatus.CLOSED}[action]
+        target = {
+            "freeze": WalletStatus.FROZEN,
+            "unfreeze": WalletStatus.ACTIVE,
+            "close": WalletStatus.CLOSED,
+        }[action]
         at = datetime.now(UTC)
         async with self._database.unit_of_work() as uow:
             connection = uow.connection
-            before = await wallet_store.get_wallet(connection, principal.tenant_id, wallet_id, lock=True)
+            before = await wallet_store.get_wallet(
+                connection, principal.tenant_id, wallet_id, lock=True
+            )
             if before is None:
                 raise NotFound(f"wallet {wallet_id} not found")
             if before.status is target:
@@ -108,15 +122,25 @@ class WalletService:
                     f"wallet {wallet_id} has balance {before.balance} and"
                     f" {before.held_balance} held; both must be 0 to close it"
                 )
-            after = await wallet_store.set_status(connection, principal.tenant_id, wallet_id, target, at)
-            event_type = {"freeze": "wallet.frozen", "unfreeze": "wallet.unfrozen",
-                          "close": "wallet.closed"}[action]
+            after = await wallet_store.set_status(
+                connection, principal.tenant_id, wallet_id, target, at
+            )
+            event_type = {
+                "freeze": "wallet.frozen",
+                "unfreeze": "wallet.unfrozen",
+                "close": "wallet.closed",
+            }[action]
             event = cloud_event(event_type, wallet_id, at, wallet_event_data(after, reason=reason))
             await outbox_store.add_events(connection, principal.tenant_id, [event])
             await admin_log.record_action(
-                connection, tenant_id=principal.tenant_id, key_id=principal.key_id,
-                action=f"wallet.{action}", target_type="wallet", target_id=str(wallet_id),
-                before=wallet_snapshot(before), after={**wallet_snapshot(after), "reason": reason},
+                connection,
+                tenant_id=principal.tenant_id,
+                key_id=principal.key_id,
+                action=f"wallet.{action}",
+                target_type="wallet",
+                target_id=str(wallet_id),
+                before=wallet_snapshot(before),
+                after={**wallet_snapshot(after), "reason": reason},
             )
             await uow.commit()
         return after
@@ -125,14 +149,23 @@ class WalletService:
         at = datetime.now(UTC)
         async with self._database.unit_of_work() as uow:
             connection = uow.connection
-            before = await wallet_store.get_wallet(connection, principal.tenant_id, wallet_id, lock=True)
+            before = await wallet_store.get_wallet(
+                connection, principal.tenant_id, wallet_id, lock=True
+            )
             if before is None:
                 raise NotFound(f"wallet {wallet_id} not found")
-            after = await wallet_store.set_limits(connection, principal.tenant_id, wallet_id, limits, at)
+            after = await wallet_store.set_limits(
+                connection, principal.tenant_id, wallet_id, limits, at
+            )
             await admin_log.record_action(
-                connection, tenant_id=principal.tenant_id, key_id=principal.key_id,
-                action="wallet.limits", target_type="wallet", target_id=str(wallet_id),
-                before=before.limits.to_json(), after=after.limits.to_json(),
+                connection,
+                tenant_id=principal.tenant_id,
+                key_id=principal.key_id,
+                action="wallet.limits",
+                target_type="wallet",
+                target_id=str(wallet_id),
+                before=before.limits.to_json(),
+                after=after.limits.to_json(),
             )
             await uow.commit()
         return after

@@ -37,10 +37,11 @@ def wallet_cursor(cursor: str | None) -> tuple[datetime, UUID] | None:
     if cursor is None:
         return None
     value = decode(cursor)
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValidationFailed("cursor: not a cursor this API returned")
     try:
-        assert isinstance(value, list) and len(value) == 2
         return parse_timestamp(str(value[0]), "cursor"), UUID(str(value[1]))
-    except (AssertionError, ValueError) as error:
+    except ValueError as error:
         raise ValidationFailed("cursor: not a cursor this API returned") from error
 
 

@@ -25,9 +25,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 logger = structlog.get_logger("walletd.http")
 
 
-def problem_body(
-    status: int, code: str, title: str, detail: str, **extra: Any
-) -> dict[str, Any]:
+def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": f"urn:walletd:problem:{code}",
         "title": title,
@@ -45,7 +43,9 @@ def error_body(error: WalletdError, **extra: Any) -> dict[str, Any]:
 
 def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(
-        orjson.dumps(body), status_code=int(body["status"]), media_type=PROBLEM_MEDIA_TYPE,
+        orjson.dumps(body),
+        status_code=int(body["status"]),
+        media_type=PROBLEM_MEDIA_TYPE,
         headers=headers,
     )
 
@@ -99,8 +99,14 @@ async def _on_walletd_error(request: Request, exc: Exception) -> Response:
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
-    code = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-            413: "payload_too_large", 422: "validation_error"}.get(status, "invalid_request")
+    code = {
+        400: "invalid_request",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        413: "payload_too_large",
+        422: "validation_error",
+    }.get(status, "invalid_request")
     title = {404: "Not found", 405: "Method not allowed"}.get(status, "Invalid request")
     detail = str(exc.detail) if status != 404 else "no such resource"
     headers = dict(exc.headers) if exc.headers else None
@@ -111,10 +117,16 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return error_response(Unavailable("a dependency did not answer in time"))
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    logger.error("unhandled_error", request_id=request_id, path=request.url.path,
-                 error=repr(exc), exc_info=exc)
-    body = problem_body(500, "internal_error", "Internal error",
-                        f"internal error (request id {request_id})")
+    logger.error(
+        "unhandled_error",
+        request_id=request_id,
+        path=request.url.path,
+        error=repr(exc),
+        exc_info=exc,
+    )
+    body = problem_body(
+        500, "internal_error", "Internal error", f"internal error (request id {request_id})"
+    )
     return problem_response(body)
 
 

@@ -41,13 +41,20 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 
 @router.post("/wallets", status_code=201, response_model=WalletPublic)
 async def create_wallet(
-    request: Request, body: WalletCreate, principal: WritePrincipal, key: RequiredKey,
+    request: Request,
+    body: WalletCreate,
+    principal: WritePrincipal,
+    key: RequiredKey,
     services: ServicesDep,
 ) -> Response:
     async def execute(idempotent: IdempotentRequest | None) -> Response:
         wallet = await services.wallets.create(
-            principal.tenant_id, currency=body.currency, owner_id=body.owner_id,
-            overdraft_limit=body.overdraft_limit, metadata=body.metadata, request=idempotent,
+            principal.tenant_id,
+            currency=body.currency,
+            owner_id=body.owner_id,
+            overdraft_limit=body.overdraft_limit,
+            metadata=body.metadata,
+            request=idempotent,
             answer=lambda created: (201, render.dumps(render.wallet_json(created))),
         )
         return json_response(201, render.dumps(render.wallet_json(wallet)))
@@ -65,8 +72,11 @@ async def get_wallet(wallet_id: str, principal: ReadPrincipal, services: Service
 
 @router.get("/wallets", response_model=WalletList)
 async def list_wallets(
-    principal: ReadPrincipal, services: ServicesDep, owner_id: str | None = None,
-    limit: Limit = 50, cursor: str | None = None,
+    principal: ReadPrincipal,
+    services: ServicesDep,
+    owner_id: str | None = None,
+    limit: Limit = 50,
+    cursor: str | None = None,
 ) -> Response:
     after = cursors.wallet_cursor(cursor)
     wallets = await services.wallets.list(principal.tenant_id, owner_id, after, limit + 1)
@@ -89,7 +99,10 @@ async def _status_action(
 
 @router.post("/wallets/{wallet_id}/freeze", response_model=WalletPublic)
 async def freeze_wallet(
-    wallet_id: str, principal: AdminPrincipal, services: ServicesDep, _key: OptionalKey,
+    wallet_id: str,
+    principal: AdminPrincipal,
+    services: ServicesDep,
+    _key: OptionalKey,
     body: Annotated[ReasonBody | None, Body()] = None,
 ) -> Response:
     return await _status_action("freeze", wallet_id, body, principal, services)
@@ -97,7 +110,10 @@ async def freeze_wallet(
 
 @router.post("/wallets/{wallet_id}/unfreeze", response_model=WalletPublic)
 async def unfreeze_wallet(
-    wallet_id: str, principal: AdminPrincipal, services: ServicesDep, _key: OptionalKey,
+    wallet_id: str,
+    principal: AdminPrincipal,
+    services: ServicesDep,
+    _key: OptionalKey,
     body: Annotated[ReasonBody | None, Body()] = None,
 ) -> Response:
     return await _status_action("unfreeze", wallet_id, body, principal, services)
@@ -105,7 +121,10 @@ async def unfreeze_wallet(
 
 @router.post("/wallets/{wallet_id}/close", response_model=WalletPublic)
 async def close_wallet(
-    wallet_id: str, principal: AdminPrincipal, services: ServicesDep, _key: OptionalKey,
+    wallet_id: str,
+    principal: AdminPrincipal,
+    services: ServicesDep,
+    _key: OptionalKey,
     body: Annotated[ReasonBody | None, Body()] = None,
 ) -> Response:
     return await _status_action("close", wallet_id, body, principal, services)
@@ -122,9 +141,13 @@ async def put_limits(
 
 @router.get("/wallets/{wallet_id}/entries", response_model=EntryList)
 async def list_entries(
-    wallet_id: str, principal: ReadPrincipal, services: ServicesDep,
-    from_: Annotated[str | None, Query(alias="from")] = None, to: str | None = None,
-    limit: Limit = 50, cursor: str | None = None,
+    wallet_id: str,
+    principal: ReadPrincipal,
+    services: ServicesDep,
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    to: str | None = None,
+    limit: Limit = 50,
+    cursor: str | None = None,
 ) -> Response:
     start, end = cursors.optional_timestamp(from_, "from"), cursors.optional_timestamp(to, "to")
     after_version = cursors.version_cursor(cursor)
@@ -146,8 +169,13 @@ async def balance_at(
     wallet, balance, version = await services.queries.balance_at(
         principal.tenant_id, path_uuid(wallet_id, "wallet"), moment
     )
-    body = {"wallet_id": str(wallet.id), "currency": wallet.currency, "balance": balance,
-            "wallet_version": version, "at": render.timestamp(moment)}
+    body = {
+        "wallet_id": str(wallet.id),
+        "currency": wallet.currency,
+        "balance": balance,
+        "wallet_version": version,
+        "at": render.timestamp(moment),
+    }
     return json_response(200, render.dumps(body))
 
 
@@ -169,23 +197,37 @@ def _statement_json(statement: Statement) -> dict[str, Any]:
     }
 
 
-CSV_COLUMNS = ("id", "transaction_id", "wallet_id", "amount", "balance_after", "wallet_version",
-               "created_at")
+CSV_COLUMNS = (
+    "id",
+    "transaction_id",
+    "wallet_id",
+    "amount",
+    "balance_after",
+    "wallet_version",
+    "created_at",
+)
 
 
 @router.get(
-    "/wallets/{wallet_id}/statement", response_model=StatementPublic,
+    "/wallets/{wallet_id}/statement",
+    response_model=StatementPublic,
     responses={200: {"content": {"text/csv": {}}}},
 )
 async def statement(
-    request: Request, wallet_id: str, principal: ReadPrincipal, services: ServicesDep,
-    from_: Annotated[str | None, Query(alias="from")] = None, to: str | None = None,
+    request: Request,
+    wallet_id: str,
+    principal: ReadPrincipal,
+    services: ServicesDep,
+    from_: Annotated[str | None, Query(alias="from")] = None,
+    to: str | None = None,
     cursor: str | None = None,
 ) -> Response:
     start, end = cursors.optional_timestamp(from_, "from"), cursors.optional_timestamp(to, "to")
     wanted = path_uuid(wallet_id, "wallet")
     after_version = cursors.version_cursor(cursor)
-    result = await services.queries.statement(principal.tenant_id, wanted, start, end, after_version)
+    result = await services.queries.statement(
+        principal.tenant_id, wanted, start, end, after_version
+    )
     if "text/csv" not in request.headers.get("accept", ""):
         return json_response(200, render.dumps(_statement_json(result)))
     rows = services.queries.stream_entries(principal.tenant_id, wanted, start, result.end)
@@ -207,7 +249,15 @@ async def _csv_lines(entries: AsyncIterator[Any]) -> AsyncIterator[str]:
     async for entry in entries:
         buffer.seek(0)
         buffer.truncate()
-        writer.writerow([entry.id, entry.transaction_id, entry.wallet_id, entry.amount,
-                         entry.balance_after, entry.wallet_version,
-                         render.timestamp(entry.created_at)])
+        writer.writerow(
+            [
+                entry.id,
+                entry.transaction_id,
+                entry.wallet_id,
+                entry.amount,
+                entry.balance_after,
+                entry.wallet_version,
+                render.timestamp(entry.created_at),
+            ]
+        )
         yield buffer.getvalue()

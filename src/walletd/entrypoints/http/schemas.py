@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 import orjson
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from pydantic import UUID4 as _UUID4  # noqa: F401  (kept for schema consumers)
-from uuid import UUID
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from walletd.domain.money import MAX_AMOUNT, is_known_currency
 
