@@ -28,6 +28,12 @@ WITH inserted AS (
 SELECT id FROM inserted UNION ALL SELECT id FROM tenants WHERE name = $2 LIMIT 1
 """
 INSERT_KEY = "INSERT INTO api_keys (id, tenant_id, secret_hash, scopes) VALUES ($1, $2, $3, $4)"
+# The admin audit record of a new key (key_id NULL: created from the CLI). JSON is built
+# by the server so that this works on a plain asyncpg connection without the pool's codec.
+AUDIT_KEY_CREATED = """
+INSERT INTO audit_log (tenant_id, key_id, action, target_type, target_id, before, after)
+VALUES ($1, NULL, 'api_key.create', 'api_key', $2, NULL, jsonb_build_object('scopes', $3::text[]))
+"""
 SELECT_KEY = """
 SELECT tenant_id, secret_hash, scopes FROM api_keys WHERE id = $1 AND revoked_at IS NULL
 """
@@ -72,7 +78,10 @@ async def create_api_key(
         tenant_id: UUID = await connection.fetchval(ENSURE_TENANT, uuid4(), tenant_name)
         key_id = uuid4()
         random_part = secrets.token_urlsafe(32)
-        await connection.execute(INSERT_KEY, key_id, tenant_id, _hash_secret(random_part), list(scopes))
+        await connection.execute(
+            INSERT_KEY, key_id, tenant_id, _hash_secret(random_part), list(scopes)
+        )
+        await connection.execute(AUDIT_KEY_CREATED, tenant_id, str(key_id), list(scopes))
     return NewKey(key_id, tenant_id, tuple(scopes), f"{KEY_PREFIX}_{key_id.hex}_{random_part}")
 
 

@@ -12,7 +12,13 @@ from starlette.responses import Response
 from walletd.domain.commands import Credit, Debit, PostingCommand, Transfer
 from walletd.domain.records import Transaction
 from walletd.entrypoints.http import render
-from walletd.entrypoints.http.deps import ReadPrincipal, RequiredKey, ServicesDep, WritePrincipal, path_uuid
+from walletd.entrypoints.http.deps import (
+    ReadPrincipal,
+    RequiredKey,
+    ServicesDep,
+    WritePrincipal,
+    path_uuid,
+)
 from walletd.entrypoints.http.idempotent import json_response, run_idempotent
 from walletd.entrypoints.http.problems import error_body
 from walletd.entrypoints.http.schemas import (
@@ -32,13 +38,22 @@ router = APIRouter(prefix="/v1")
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"description": "Validation or business rule error (problem+json)"},
 }
+REVIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    202: {"model": TransactionPublic, "description": "Sent to review: status pending_review"},
+    **PROBLEM_RESPONSES,
+}
+
+
+def created_status(transaction: Transaction) -> int:
+    """201 when posted; 202 when a risk rule sent it to review (funds held, not moved)."""
+    return 202 if transaction.status == "pending_review" else 201
 
 
 def render_single(results: Sequence[PostingResult]) -> tuple[int, bytes]:
     (result,) = results
     if isinstance(result, ItemFailure):
         return result.error.status, render.dumps(error_body(result.error))
-    return 201, render.dumps(render.transaction_json(result))
+    return created_status(result), render.dumps(render.transaction_json(result))
 
 
 def render_atomic_batch(results: Sequence[PostingResult]) -> tuple[int, bytes]:
@@ -47,18 +62,31 @@ def render_atomic_batch(results: Sequence[PostingResult]) -> tuple[int, bytes]:
         failure = failures[0]
         return failure.error.status, render.dumps(error_body(failure.error, index=failure.index))
     transactions = [r for r in results if isinstance(r, Transaction)]
-    return 201, render.dumps({"data": [render.transaction_json(tx) for tx in transactions]})
+    status = max((created_status(tx) for tx in transactions), default=201)
+    return status, render.dumps({"data": [render.transaction_json(tx) for tx in transactions]})
 
 
 def render_item_batch(results: Sequence[PostingResult]) -> tuple[int, bytes]:
     items = []
     for index, result in enumerate(results):
         if isinstance(result, ItemFailure):
-            items.append({"index": index, "status": result.error.status, "transaction": None,
-                          "error": error_body(result.error)})
+            items.append(
+                {
+                    "index": index,
+                    "status": result.error.status,
+                    "transaction": None,
+                    "error": error_body(result.error),
+                }
+            )
         else:
-            items.append({"index": index, "status": 201,
-                          "transaction": render.transaction_json(result), "error": None})
+            items.append(
+                {
+                    "index": index,
+                    "status": created_status(result),
+                    "transaction": render.transaction_json(result),
+                    "error": None,
+                }
+            )
     return 200, render.dumps({"data": items})
 
 
@@ -76,8 +104,15 @@ class _Memo:
 
 
 async def _post(
-    request: Request, services: Any, tenant_id: UUID, key: str, body: Any,
-    commands: list[PostingCommand], renderer: Any, *, atomic: bool = True,
+    request: Request,
+    services: Any,
+    tenant_id: UUID,
+    key: str,
+    body: Any,
+    commands: list[PostingCommand],
+    renderer: Any,
+    *,
+    atomic: bool = True,
 ) -> Response:
     async def execute(idempotent: IdempotentRequest | None) -> Response:
         memo = _Memo(renderer)
@@ -90,53 +125,111 @@ async def _post(
     return await run_idempotent(request, services, tenant_id, key, body, execute)
 
 
-@router.post("/credits", status_code=201, response_model=TransactionPublic,
-             responses=PROBLEM_RESPONSES)
+@router.post(
+    "/credits", status_code=201, response_model=TransactionPublic, responses=PROBLEM_RESPONSES
+)
 async def credit(
-    request: Request, body: CreditCreate, principal: WritePrincipal, key: RequiredKey,
+    request: Request,
+    body: CreditCreate,
+    principal: WritePrincipal,
+    key: RequiredKey,
     services: ServicesDep,
 ) -> Response:
     command = Credit(body.wallet_id, body.amount, body.currency, body.reference, body.metadata)
-    return await _post(request, services, principal.tenant_id, key, body.model_dump(mode="json"),
-                       [command], render_single)
+    return await _post(
+        request,
+        services,
+        principal.tenant_id,
+        key,
+        body.model_dump(mode="json"),
+        [command],
+        render_single,
+    )
 
 
-@router.post("/debits", status_code=201, response_model=TransactionPublic,
-             responses=PROBLEM_RESPONSES)
+@router.post(
+    "/debits", status_code=201, response_model=TransactionPublic, responses=REVIEW_RESPONSES
+)
 async def debit(
-    request: Request, body: DebitCreate, principal: WritePrincipal, key: RequiredKey,
+    request: Request,
+    body: DebitCreate,
+    principal: WritePrincipal,
+    key: RequiredKey,
     services: ServicesDep,
 ) -> Response:
     command = Debit(body.wallet_id, body.amount, body.currency, body.reference, body.metadata)
-    return await _post(request, services, principal.tenant_id, key, body.model_dump(mode="json"),
-                       [command], render_single)
+    return await _post(
+        request,
+        services,
+        principal.tenant_id,
+        key,
+        body.model_dump(mode="json"),
+        [command],
+        render_single,
+    )
 
 
 def _transfer(body: TransferCreate) -> Transfer:
-    return Transfer(body.from_wallet_id, body.to_wallet_id, body.amount, body.currency,
-                    body.reference, body.metadata)
+    return Transfer(
+        body.from_wallet_id,
+        body.to_wallet_id,
+        body.amount,
+        body.currency,
+        body.reference,
+        body.metadata,
+    )
 
 
-@router.post("/transfers", status_code=201, response_model=TransactionPublic,
-             responses=PROBLEM_RESPONSES)
+@router.post(
+    "/transfers", status_code=201, response_model=TransactionPublic, responses=REVIEW_RESPONSES
+)
 async def transfer(
-    request: Request, body: TransferCreate, principal: WritePrincipal, key: RequiredKey,
+    request: Request,
+    body: TransferCreate,
+    principal: WritePrincipal,
+    key: RequiredKey,
     services: ServicesDep,
 ) -> Response:
-    return await _post(request, services, principal.tenant_id, key, body.model_dump(mode="json"),
-                       [_transfer(body)], render_single)
+    return await _post(
+        request,
+        services,
+        principal.tenant_id,
+        key,
+        body.model_dump(mode="json"),
+        [_transfer(body)],
+        render_single,
+    )
 
 
-@router.post("/transfers/batch", status_code=201, response_model=BatchAtomicPublic,
-             responses={200: {"model": BatchResultsPublic}, **PROBLEM_RESPONSES})
+@router.post(
+    "/transfers/batch",
+    status_code=201,
+    response_model=BatchAtomicPublic,
+    responses={
+        200: {"model": BatchResultsPublic},
+        202: {"model": BatchAtomicPublic, "description": "Atomic, some items sent to review"},
+        **PROBLEM_RESPONSES,
+    },
+)
 async def transfer_batch(
-    request: Request, body: TransferBatchCreate, principal: WritePrincipal, key: RequiredKey,
+    request: Request,
+    body: TransferBatchCreate,
+    principal: WritePrincipal,
+    key: RequiredKey,
     services: ServicesDep,
 ) -> Response:
     commands: list[PostingCommand] = [_transfer(item) for item in body.transfers]
     renderer = render_atomic_batch if body.atomic else render_item_batch
-    return await _post(request, services, principal.tenant_id, key, body.model_dump(mode="json"),
-                       commands, renderer, atomic=body.atomic)
+    return await _post(
+        request,
+        services,
+        principal.tenant_id,
+        key,
+        body.model_dump(mode="json"),
+        commands,
+        renderer,
+        atomic=body.atomic,
+    )
 
 
 @router.get("/transactions/{transaction_id}", response_model=TransactionPublic)

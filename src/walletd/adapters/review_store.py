@@ -1,0 +1,221 @@
+"""SQL of the fraud controls: a tenant's risk rules, recent recipients, the review queue.
+
+A decided review (approved or rejected) is written by ONE statement: its entries (on
+approval), the wallets' new state (held funds released), the transaction's new
+status and its events, in the caller's database transaction, after the caller has
+locked the transaction row and then the wallet rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from walletd.domain.events import OutboxEvent
+from walletd.domain.ledger import Entry, WalletState
+from walletd.domain.records import Transaction
+
+SELECT_RULES = "SELECT risk_rules FROM tenants WHERE id = $1"
+
+REPLACE_RULES = """
+WITH old AS (SELECT risk_rules FROM tenants WHERE id = $1 FOR UPDATE),
+updated AS (
+    UPDATE tenants SET risk_rules = $2 WHERE id = $1 RETURNING id
+)
+SELECT old.risk_rules FROM old, updated
+"""
+
+# Every recipient the payers sent a transfer to since $3 (posted ones through the
+# payer's entries, pending ones through the pending-review index), keeping only the
+# $4 most recent recipients per payer: no rule needs to know more than that.
+RECENT_RECIPIENTS = """
+WITH sent AS (
+    SELECT e.wallet_id AS payer, t.to_wallet_id AS recipient, e.created_at AS at
+    FROM entries e JOIN transactions t ON t.id = e.transaction_id
+    WHERE e.wallet_id = ANY($2::uuid[]) AND e.created_at > $3 AND e.amount < 0
+      AND t.tenant_id = $1 AND t.type = 'transfer'
+    UNION ALL
+    SELECT t.from_wallet_id, t.to_wallet_id, t.created_at
+    FROM transactions t
+    WHERE t.tenant_id = $1 AND t.status = 'pending_review' AND t.created_at > $3
+      AND t.type = 'transfer' AND t.from_wallet_id = ANY($2::uuid[])
+),
+latest AS (
+    SELECT payer, recipient, max(at) AS at FROM sent GROUP BY payer, recipient
+),
+ranked AS (
+    SELECT payer, recipient, at,
+           row_number() OVER (PARTITION BY payer ORDER BY at DESC) AS position
+    FROM latest
+)
+SELECT payer, recipient, at FROM ranked WHERE position <= $4
+"""
+
+TRANSACTION_COLUMNS = """
+    id, tenant_id, type, status, amount, currency, reference, metadata, from_wallet_id,
+    to_wallet_id, reverses_transaction_id, hold_id, review_rule, created_at
+"""
+
+LOCK_TRANSACTION = f"""
+SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE tenant_id = $1 AND id = $2 FOR UPDATE
+"""
+
+LIST_PENDING = f"""
+SELECT {TRANSACTION_COLUMNS} FROM transactions
+WHERE tenant_id = $1 AND status = 'pending_review'
+  AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
+ORDER BY created_at, id
+LIMIT $4
+"""
+
+DECIDE_REVIEW = """
+WITH new_entries AS (
+    INSERT INTO entries (id, transaction_id, wallet_id, currency, amount, balance_after,
+                         wallet_version, hash, created_at)
+    SELECT * FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::bigint[],
+                         $9::bigint[], $10::bigint[], $11::bytea[], $12::timestamptz[])
+),
+changed_wallets AS (
+    UPDATE wallets AS w
+    SET balance = c.balance, held_balance = c.held_balance, version = c.version,
+        last_hash = c.last_hash, debit_day = c.debit_day, debit_day_total = c.debit_day_total,
+        updated_at = c.updated_at
+    FROM unnest($13::uuid[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bytea[],
+                $18::date[], $19::bigint[], $20::timestamptz[])
+         AS c(id, balance, held_balance, version, last_hash, debit_day, debit_day_total,
+              updated_at)
+    WHERE w.id = c.id AND w.tenant_id = $1
+),
+new_events AS (
+    INSERT INTO outbox (event_id, tenant_id, message_key, event_type, payload)
+    SELECT e.event_id, $1, e.message_key, e.event_type, e.payload::jsonb
+    FROM unnest($21::uuid[], $22::text[], $23::text[], $24::text[]) WITH ORDINALITY
+         AS e(event_id, message_key, event_type, payload, position)
+    ORDER BY e.position
+),
+decided AS (
+    UPDATE transactions SET status = $3, updated_at = $25
+    WHERE tenant_id = $1 AND id = $2 AND status = 'pending_review'
+    RETURNING id
+)
+SELECT count(*) FROM decided
+"""
+
+
+async def load_rules(connection: asyncpg.Connection, tenant_id: UUID) -> Any:
+    """The tenant's stored rules as JSON (the caller validates them again)."""
+    return await connection.fetchval(SELECT_RULES, tenant_id)
+
+
+async def replace_rules(
+    connection: asyncpg.Connection, tenant_id: UUID, rules: list[dict[str, Any]]
+) -> Any:
+    """Store ``rules`` (already validated); return the rules they replaced."""
+    return await connection.fetchval(REPLACE_RULES, tenant_id, rules)
+
+
+async def recent_recipients(
+    connection: asyncpg.Connection,
+    tenant_id: UUID,
+    payer_ids: Iterable[UUID],
+    since: datetime,
+    per_payer: int,
+) -> dict[UUID, dict[UUID, datetime]]:
+    """payer → {recipient → latest transfer time} since ``since``, ``per_payer`` at most."""
+    assert per_payer >= 1
+    rows = await connection.fetch(
+        RECENT_RECIPIENTS, tenant_id, sorted(set(payer_ids)), since, per_payer
+    )
+    found: dict[UUID, dict[UUID, datetime]] = {}
+    for row in rows:
+        found.setdefault(row["payer"], {})[row["recipient"]] = row["at"]
+    return found
+
+
+def transaction_record(row: asyncpg.Record, entries: Sequence[Entry] = ()) -> Transaction:
+    return Transaction(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        type=row["type"],
+        status=row["status"],
+        amount=row["amount"],
+        currency=row["currency"],
+        reference=row["reference"],
+        metadata=row["metadata"],
+        from_wallet_id=row["from_wallet_id"],
+        to_wallet_id=row["to_wallet_id"],
+        created_at=row["created_at"],
+        reverses_transaction_id=row["reverses_transaction_id"],
+        hold_id=row["hold_id"],
+        review_rule=row["review_rule"],
+        entries=tuple(entries),
+    )
+
+
+async def lock_transaction(
+    connection: asyncpg.Connection, tenant_id: UUID, transaction_id: UUID
+) -> Transaction | None:
+    row = await connection.fetchrow(LOCK_TRANSACTION, tenant_id, transaction_id)
+    return transaction_record(row) if row else None
+
+
+async def list_pending(
+    connection: asyncpg.Connection,
+    tenant_id: UUID,
+    after: tuple[datetime, UUID] | None,
+    limit: int,
+) -> list[Transaction]:
+    """Pending reviews, oldest first, after the ``(created_at, id)`` cursor."""
+    after_time, after_id = after if after else (None, None)
+    rows = await connection.fetch(LIST_PENDING, tenant_id, after_time, after_id, limit)
+    return [transaction_record(row) for row in rows]
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def write_decision(
+    connection: asyncpg.Connection,
+    decided: Transaction,
+    wallets: Sequence[WalletState],
+    events: Sequence[OutboxEvent],
+    at: datetime,
+) -> None:
+    """Write a decided review: entries, wallets, status and events in one statement."""
+    assert decided.status in ("posted", "rejected")
+    entries = decided.entries
+    count = await connection.fetchval(
+        DECIDE_REVIEW,
+        decided.tenant_id,
+        decided.id,
+        decided.status,
+        [entry.id for entry in entries],
+        [entry.transaction_id for entry in entries],
+        [entry.wallet_id for entry in entries],
+        [entry.currency for entry in entries],
+        [entry.amount for entry in entries],
+        [entry.balance_after for entry in entries],
+        [entry.wallet_version for entry in entries],
+        [entry.hash for entry in entries],
+        [entry.created_at for entry in entries],
+        [wallet.id for wallet in wallets],
+        [wallet.balance for wallet in wallets],
+        [wallet.held_balance for wallet in wallets],
+        [wallet.version for wallet in wallets],
+        [wallet.last_hash for wallet in wallets],
+        [wallet.debit_day for wallet in wallets],
+        [wallet.debit_day_total for wallet in wallets],
+        [wallet.updated_at for wallet in wallets],
+        [event.event_id for event in events],
+        [event.message_key for event in events],
+        [event.event_type for event in events],
+        [_json_text(event.payload) for event in events],
+        at,
+    )
+    assert count == 1, f"transaction {decided.id} was not pending review when written"

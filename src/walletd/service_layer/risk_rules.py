@@ -1,0 +1,178 @@
+"""Risk rules use cases: read and replace a tenant's rules, and screen postings with them.
+
+The posting engine reads the rules with :func:`load_rules_for` once per call, inside
+its database transaction, builds the :class:`RiskScreen` with :func:`load_screen`
+after the wallet locks, then calls :meth:`RiskScreen.check` for each command. Rules
+are read in that same transaction (no cache), so a ``PUT`` applies to every posting
+that starts after it committed, in every process. The recipients query runs only when
+a ``distinct_recipients`` rule exists and the call has transfers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from uuid import UUID
+
+import asyncpg
+import structlog
+
+from walletd.adapters import admin_log, review_store
+from walletd.adapters.postgres import Database
+from walletd.domain.ledger import Movement, WalletState
+from walletd.domain.risk import (
+    SCREENED_TYPES,
+    Payment,
+    RiskRule,
+    evaluate_risk,
+    parse_rules,
+    recipients_window,
+    rules_json,
+)
+from walletd.errors import RiskRejected, ValidationFailed
+from walletd.service_layer.tenants import Principal
+
+logger = structlog.get_logger("walletd.risk")
+
+
+class RiskScreen:
+    """The rules of one tenant plus what they need to know, for one posting call."""
+
+    def __init__(
+        self,
+        tenant_id: UUID,
+        rules: Sequence[RiskRule] = (),
+        recipients: dict[UUID, dict[UUID, datetime]] | None = None,
+    ) -> None:
+        self._tenant_id = tenant_id
+        self._rules = tuple(rules)
+        self._recipients = recipients if recipients is not None else {}
+
+    def check(self, movement: Movement, payer: WalletState, at: datetime) -> str | None:
+        """None: post it; a rule name: send it to review; raises :class:`RiskRejected`."""
+        if not self._rules or movement.type not in SCREENED_TYPES:
+            return None
+        is_transfer = movement.type == "transfer"
+        payment = Payment(
+            kind="transfer" if is_transfer else "debit",
+            payer_id=payer.id,
+            payer_created_at=payer.created_at,
+            recipient_id=movement.destination_id if is_transfer else None,
+            amount=movement.amount,
+            currency=movement.currency,
+            at=at,
+            recent_recipients=self._recipients.get(payer.id, {}),
+        )
+        decision = evaluate_risk(self._rules, payment)
+        if decision is None:
+            return None
+        logger.info(
+            "risk_rule_fired",
+            tenant_id=str(self._tenant_id),
+            wallet_id=str(payer.id),
+            rule=decision.rule.name,
+            rule_type=decision.rule.type,
+            action=decision.action,
+            kind=payment.kind,
+            amount=payment.amount,
+            currency=payment.currency,
+        )
+        if decision.action == "reject":
+            raise RiskRejected(
+                f"risk rule {decision.rule.name!r} ({decision.rule.type}) rejected this"
+                f" {payment.kind}"
+            )
+        return decision.rule.name
+
+    def checkpoint(self) -> dict[UUID, dict[UUID, datetime]]:
+        """What :meth:`restore` needs to forget the records of a cancelled atomic request."""
+        return {payer: dict(seen) for payer, seen in self._recipients.items()}
+
+    def restore(self, saved: dict[UUID, dict[UUID, datetime]]) -> None:
+        self._recipients = saved
+
+    def record(self, movement: Movement, at: datetime) -> None:
+        """A transfer was posted or sent to review: later items of the call see its recipient."""
+        if movement.type == "transfer":
+            self._recipients.setdefault(movement.source_id, {})[movement.destination_id] = at
+
+
+def stored_rules(value: object, tenant_id: UUID) -> tuple[RiskRule, ...]:
+    """Rules read back from the database are validated again; bad ones stop postings."""
+    try:
+        return parse_rules(value if value is not None else [])
+    except ValidationFailed as error:
+        raise RuntimeError(
+            f"stored risk rules of tenant {tenant_id} are invalid: {error}"
+        ) from error
+
+
+async def load_rules_for(
+    connection: asyncpg.Connection, tenant_id: UUID, movements: Sequence[Movement]
+) -> tuple[RiskRule, ...]:
+    """The tenant's rules, read only when the call has something to screen.
+
+    Called before the wallet locks: the rules need no lock, and reading them there
+    keeps the locks' hold time as short as it was.
+    """
+    if not any(movement.type in SCREENED_TYPES for movement in movements):
+        return ()
+    return stored_rules(await review_store.load_rules(connection, tenant_id), tenant_id)
+
+
+async def load_screen(
+    connection: asyncpg.Connection,
+    tenant_id: UUID,
+    rules: Sequence[RiskRule],
+    movements: Sequence[Movement],
+    at: datetime,
+) -> RiskScreen:
+    """The screen for one posting call, after the wallet locks.
+
+    The recipients query runs under the paying wallets' locks (so concurrent transfers
+    of one payer see each other) and only when a rule needs it and the call has transfers.
+    """
+    window = recipients_window(rules)
+    payers = {movement.source_id for movement in movements if movement.type == "transfer"}
+    if window is None or not payers:
+        return RiskScreen(tenant_id, rules)
+    window_minutes, per_payer = window
+    recipients = await review_store.recent_recipients(
+        connection, tenant_id, payers, at - timedelta(minutes=window_minutes), per_payer
+    )
+    return RiskScreen(tenant_id, rules, recipients)
+
+
+class RiskRuleService:
+    """``GET`` and ``PUT /v1/risk-rules``."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def get(self, tenant_id: UUID) -> tuple[RiskRule, ...]:
+        async with self._database.connection() as connection:
+            return stored_rules(await review_store.load_rules(connection, tenant_id), tenant_id)
+
+    async def replace(self, principal: Principal, raw_rules: object) -> tuple[RiskRule, ...]:
+        """Validate all of ``raw_rules`` first; an invalid one replaces nothing."""
+        rules = parse_rules(raw_rules)
+        stored = rules_json(rules)
+        async with self._database.unit_of_work() as uow:
+            before = await review_store.replace_rules(uow.connection, principal.tenant_id, stored)
+            await admin_log.record_action(
+                uow.connection,
+                tenant_id=principal.tenant_id,
+                key_id=principal.key_id,
+                action="risk_rules.replace",
+                target_type="tenant",
+                target_id=str(principal.tenant_id),
+                before=before,
+                after=stored,
+            )
+            await uow.commit()
+        logger.info(
+            "risk_rules_replaced",
+            tenant_id=str(principal.tenant_id),
+            rules=[rule.name for rule in rules],
+        )
+        return rules
