@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     outbox_retention_hours: float = Field(default=168.0, gt=0)
     relay_lease_seconds: float = Field(default=5.0, gt=0, le=300)
     group_commit_max_batch: int = Field(default=256, ge=1, le=4096)
+    group_commit_max_in_flight: int = Field(default=2, ge=1, le=64)
     log_level: str = "INFO"
 
 

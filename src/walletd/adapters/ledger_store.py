@@ -34,6 +34,22 @@ ORDER BY id
 FOR UPDATE
 """
 
+LOCK_ANY_WALLETS = f"""
+SELECT {WALLET_STATE_COLUMNS}
+FROM wallets
+WHERE id = ANY($1::uuid[])
+ORDER BY id
+FOR UPDATE
+"""
+
+COUNT_RECENT_DEBITS_MANY = """
+SELECT e.wallet_id, count(*) AS debits
+FROM entries e JOIN transactions t ON t.id = e.transaction_id
+WHERE e.wallet_id = ANY($1::uuid[]) AND e.amount < 0 AND e.created_at > $2
+  AND t.type IN ('debit', 'transfer', 'capture')
+GROUP BY e.wallet_id
+"""
+
 ENSURE_SYSTEM_WALLET = """
 WITH inserted AS (
     INSERT INTO wallets (id, tenant_id, currency, is_system, created_at, updated_at)
@@ -59,13 +75,14 @@ WITH new_transactions AS (
     INSERT INTO transactions (id, tenant_id, type, status, amount, currency, reference, metadata,
                               from_wallet_id, to_wallet_id, reverses_transaction_id, hold_id,
                               review_rule, created_at, updated_at)
-    SELECT t.id, $1, t.type, t.status, t.amount, t.currency, t.reference, t.metadata::jsonb,
+    SELECT t.id, t.tenant_id, t.type, t.status, t.amount, t.currency, t.reference,
+           t.metadata::jsonb,
            t.from_id, t.to_id, t.reverses, t.hold_id, t.review_rule, t.created_at, t.created_at
     FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[],
                 $8::text[], $9::uuid[], $10::uuid[], $11::uuid[], $12::uuid[], $13::text[],
-                $14::timestamptz[])
+                $14::timestamptz[], $1::uuid[])
          AS t(id, type, status, amount, currency, reference, metadata, from_id, to_id, reverses,
-              hold_id, review_rule, created_at)
+              hold_id, review_rule, created_at, tenant_id)
 ),
 new_entries AS (
     INSERT INTO entries (id, transaction_id, wallet_id, currency, amount, balance_after,
@@ -86,17 +103,18 @@ changed_wallets AS (
 ),
 new_events AS (
     INSERT INTO outbox (event_id, tenant_id, message_key, event_type, payload)
-    SELECT e.event_id, $1, e.message_key, e.event_type, e.payload::jsonb
-    FROM unnest($32::uuid[], $33::text[], $34::text[], $35::text[]) WITH ORDINALITY
-         AS e(event_id, message_key, event_type, payload, position)
+    SELECT e.event_id, e.tenant_id, e.message_key, e.event_type, e.payload::jsonb
+    FROM unnest($32::uuid[], $33::text[], $34::text[], $35::text[], $42::uuid[]) WITH ORDINALITY
+         AS e(event_id, message_key, event_type, payload, tenant_id, position)
     ORDER BY e.position
 ),
 new_keys AS (
     INSERT INTO idempotency_keys (tenant_id, key, method, path, request_hash, status_code,
                                   response_body)
-    SELECT $1, k.key, k.method, k.path, k.request_hash, k.status_code, k.response_body
+    SELECT k.tenant_id, k.key, k.method, k.path, k.request_hash, k.status_code, k.response_body
     FROM unnest($36::text[], $37::text[], $38::text[], $39::bytea[], $40::integer[],
-                $41::bytea[]) AS k(key, method, path, request_hash, status_code, response_body)
+                $41::bytea[], $43::uuid[])
+         AS k(key, method, path, request_hash, status_code, response_body, tenant_id)
 )
 SELECT 1
 """
@@ -142,6 +160,22 @@ async def lock_wallets(
     return {row["id"]: wallet_state(row) for row in rows}
 
 
+async def lock_any_wallets(
+    connection: asyncpg.Connection, wallet_ids: Iterable[UUID]
+) -> dict[UUID, WalletState]:
+    """Lock wallets of any tenant in id order (group commit); callers check the tenant."""
+    rows = await connection.fetch(LOCK_ANY_WALLETS, sorted(set(wallet_ids)))
+    return {row["id"]: wallet_state(row) for row in rows}
+
+
+async def count_recent_debits_many(
+    connection: asyncpg.Connection, wallet_ids: Sequence[UUID], since: datetime
+) -> dict[UUID, int]:
+    """Debits, transfers out and captures of each wallet since ``since``."""
+    rows = await connection.fetch(COUNT_RECENT_DEBITS_MANY, list(wallet_ids), since)
+    return {row["wallet_id"]: row["debits"] for row in rows}
+
+
 async def ensure_system_wallet(
     connection: asyncpg.Connection, tenant_id: UUID, currency: str, at: datetime
 ) -> UUID:
@@ -171,11 +205,28 @@ async def write_postings(
     events: Sequence[OutboxEvent],
     idempotency_rows: Sequence[IdempotencyRow] = (),
 ) -> None:
-    """Write postings, wallet states, events and idempotency rows in one statement."""
+    """Write one tenant's postings, wallet states, events and idempotency rows."""
+    await write_group(
+        connection,
+        transactions,
+        wallets,
+        [(tenant_id, event) for event in events],
+        [(tenant_id, row) for row in idempotency_rows],
+    )
+
+
+async def write_group(
+    connection: asyncpg.Connection,
+    transactions: Sequence[Transaction],
+    wallets: Sequence[WalletState],
+    events: Sequence[tuple[UUID, OutboxEvent]],
+    idempotency_rows: Sequence[tuple[UUID, IdempotencyRow]] = (),
+) -> None:
+    """Write postings of any tenants, wallet states, events and idempotency rows at once."""
     entries: list[Entry] = [entry for tx in transactions for entry in tx.entries]
     await connection.execute(
         WRITE_POSTINGS,
-        tenant_id,
+        [tx.tenant_id for tx in transactions],
         [tx.id for tx in transactions],
         [tx.type for tx in transactions],
         [tx.status for tx in transactions],
@@ -206,14 +257,16 @@ async def write_postings(
         [wallet.debit_day for wallet in wallets],
         [wallet.debit_day_total for wallet in wallets],
         [wallet.updated_at for wallet in wallets],
-        [event.event_id for event in events],
-        [event.message_key for event in events],
-        [event.event_type for event in events],
-        [_json_text(event.payload) for event in events],
-        [row.key for row in idempotency_rows],
-        [row.method for row in idempotency_rows],
-        [row.path for row in idempotency_rows],
-        [row.request_hash for row in idempotency_rows],
-        [row.status_code for row in idempotency_rows],
-        [row.response_body for row in idempotency_rows],
+        [event.event_id for _, event in events],
+        [event.message_key for _, event in events],
+        [event.event_type for _, event in events],
+        [_json_text(event.payload) for _, event in events],
+        [row.key for _, row in idempotency_rows],
+        [row.method for _, row in idempotency_rows],
+        [row.path for _, row in idempotency_rows],
+        [row.request_hash for _, row in idempotency_rows],
+        [row.status_code for _, row in idempotency_rows],
+        [row.response_body for _, row in idempotency_rows],
+        [tenant for tenant, _ in events],
+        [tenant for tenant, _ in idempotency_rows],
     )

@@ -1,42 +1,74 @@
 """The posting engine: applies credits, debits and transfers in one database transaction.
 
-One call takes a list of commands (a single request is a list of one, a batch is up
-to 1,000). It locks every wallet involved in id order, applies the pure rules of
-:mod:`walletd.domain.ledger` to each command in turn — a failing command changes
-nothing, so its neighbours still get their exact answers — and writes the result
-with one statement. Round trips: BEGIN, lock, write, COMMIT.
+A :class:`PostingRequest` is one client request: a list of commands (one, or up to
+1,000 for a batch) with its own atomicity and idempotency key. :meth:`PostingEngine.post_group`
+applies any number of requests — of any tenants — in ONE transaction: it locks every
+wallet involved in id order, applies the pure rules of :mod:`walletd.domain.ledger` to
+each command in turn on the shared locked state — a failing command changes nothing,
+so its neighbours still get their exact answers — and writes everything with one
+statement. Round trips per group: BEGIN, lock, write, COMMIT; plus the risk rules of
+each tenant with a debit or transfer in the group (and recent recipients when a
+``distinct_recipients`` rule exists), and one count when a wallet has a per-minute
+limit. :mod:`walletd.service_layer.group_commit` gathers concurrent requests into
+groups. A debit or transfer that a risk rule sends to review is written as a
+``pending_review`` transaction without entries, its amount held on the paying wallet
+(see docs/fraud-controls.md).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 import asyncpg
 
 from walletd.adapters import ledger_store
+from walletd.adapters.ledger_store import IdempotencyRow
 from walletd.adapters.postgres import Database
 from walletd.domain.commands import Credit, Debit, PostingCommand, Transfer
 from walletd.domain.events import OutboxEvent, entry_events
-from walletd.domain.ledger import Movement, WalletState, post_movement
+from walletd.domain.ledger import Entry, Movement, WalletState, post_movement
 from walletd.domain.records import Transaction
+from walletd.domain.risk import RiskRule, hold_for_review, review_event
 from walletd.errors import NotFound, WalletdError
-from walletd.service_layer.idempotency import DuplicateKey, IdempotentRequest, Renderer, is_duplicate_key
+from walletd.service_layer.idempotency import (
+    DuplicateKey,
+    IdempotentRequest,
+    Renderer,
+    is_duplicate_key,
+)
+from walletd.service_layer.risk_rules import RiskScreen, load_rules_for, load_screen
+
+if TYPE_CHECKING:
+    from walletd.service_layer.group_commit import GroupCommitter
 
 MAX_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
 class ItemFailure:
-    """Command ``index`` of a call failed with ``error``; it changed nothing."""
+    """Command ``index`` of a request failed with ``error``; it changed nothing."""
 
     index: int
     error: WalletdError
 
 
 PostingResult = Transaction | ItemFailure
+
+
+@dataclass(frozen=True, slots=True)
+class PostingRequest:
+    """One client request: its commands, atomicity, and where its answer is stored."""
+
+    tenant_id: UUID
+    commands: Sequence[PostingCommand]
+    atomic: bool = True
+    request: IdempotentRequest | None = None
+    render: Renderer | None = None
 
 
 def posting_time(states: Sequence[WalletState]) -> datetime:
@@ -46,12 +78,22 @@ def posting_time(states: Sequence[WalletState]) -> datetime:
     return max(now, latest)
 
 
+@dataclass(slots=True)
+class _Group:
+    """The shared state of one group transaction."""
+
+    states: dict[UUID, WalletState]
+    screens: dict[UUID, RiskScreen]
+    at: datetime
+
+
 class PostingEngine:
-    """Posts commands for one process; keeps a cache of system wallet ids."""
+    """Posts requests for one process; keeps a cache of system wallet ids."""
 
     def __init__(self, database: Database) -> None:
         self._database = database
         self._system_wallets: dict[tuple[UUID, str], UUID] = {}
+        self.committer: GroupCommitter | None = None
 
     async def system_wallet(
         self, connection: asyncpg.Connection, tenant_id: UUID, currency: str
@@ -70,8 +112,13 @@ class PostingEngine:
         for command in commands:
             if isinstance(command, Transfer):
                 movements.append(
-                    Movement("transfer", command.from_wallet_id, command.to_wallet_id,
-                             command.amount, command.currency)
+                    Movement(
+                        "transfer",
+                        command.from_wallet_id,
+                        command.to_wallet_id,
+                        command.amount,
+                        command.currency,
+                    )
                 )
                 continue
             system = await self.system_wallet(connection, tenant_id, command.currency)
@@ -98,82 +145,152 @@ class PostingEngine:
 
         When ``request`` is given, ``render(results)`` gives the HTTP answer stored
         under its key in the same transaction; :class:`DuplicateKey` when taken.
+        Goes through the group committer when one is attached.
         """
         assert 0 < len(commands) <= MAX_BATCH
+        posting = PostingRequest(tenant_id, commands, atomic, request, render)
+        if self.committer is not None:
+            return await self.committer.submit(posting)
+        (results,) = await self.post_group([posting])
+        return results
+
+    async def post_group(self, postings: Sequence[PostingRequest]) -> list[list[PostingResult]]:
+        """Apply every request in one transaction; answers in request order."""
+        assert postings
         try:
             async with self._database.unit_of_work() as uow:
                 connection = uow.connection
-                movements = await self._movements(connection, tenant_id, commands)
-                wallet_ids = {m.source_id for m in movements} | {m.destination_id for m in movements}
-                states = await ledger_store.lock_wallets(connection, tenant_id, wallet_ids)
+                plans = [
+                    await self._movements(connection, p.tenant_id, p.commands) for p in postings
+                ]
+                rules = await self._rules(connection, postings, plans)
+                wallet_ids = {
+                    w for plan in plans for m in plan for w in (m.source_id, m.destination_id)
+                }
+                states = await ledger_store.lock_any_wallets(connection, wallet_ids)
                 at = posting_time(list(states.values()))
                 await self._load_minute_counts(connection, states, at)
-                results, touched = self._apply(tenant_id, commands, movements, states, at, atomic)
-                await self._write(connection, tenant_id, results, touched, states, request, render)
+                screens = await self._screens(connection, rules, postings, plans, at)
+                group = _Group(states, screens, at)
+                outcomes, touched = [], set()
+                for posting, movements in zip(postings, plans, strict=True):
+                    results, changed = self._apply(posting, movements, group)
+                    outcomes.append(results)
+                    touched |= changed
+                await self._write(connection, postings, outcomes, touched, states)
                 await uow.commit()
         except asyncpg.UniqueViolationError as error:
             if is_duplicate_key(error):
-                raise DuplicateKey(request.key if request else "") from error
+                keys = [p.request.key for p in postings if p.request is not None]
+                raise DuplicateKey(",".join(keys)) from error
             raise
-        return results
+        return outcomes
+
+    async def _rules(
+        self,
+        connection: asyncpg.Connection,
+        postings: Sequence[PostingRequest],
+        plans: Sequence[Sequence[Movement]],
+    ) -> dict[UUID, tuple[RiskRule, ...]]:
+        by_tenant: dict[UUID, list[Movement]] = defaultdict(list)
+        for posting, movements in zip(postings, plans, strict=True):
+            by_tenant[posting.tenant_id].extend(movements)
+        return {
+            tenant: await load_rules_for(connection, tenant, movements)
+            for tenant, movements in by_tenant.items()
+        }
+
+    async def _screens(
+        self,
+        connection: asyncpg.Connection,
+        rules: dict[UUID, tuple[RiskRule, ...]],
+        postings: Sequence[PostingRequest],
+        plans: Sequence[Sequence[Movement]],
+        at: datetime,
+    ) -> dict[UUID, RiskScreen]:
+        by_tenant: dict[UUID, list[Movement]] = defaultdict(list)
+        for posting, movements in zip(postings, plans, strict=True):
+            by_tenant[posting.tenant_id].extend(movements)
+        return {
+            tenant: await load_screen(connection, tenant, rules[tenant], movements, at)
+            for tenant, movements in by_tenant.items()
+        }
 
     async def _load_minute_counts(
         self, connection: asyncpg.Connection, states: dict[UUID, WalletState], at: datetime
     ) -> None:
-        for state in states.values():
-            if state.limits.max_debits_per_minute is not None and not state.is_system:
-                since = at - timedelta(minutes=1)
-                state.debits_last_minute = await ledger_store.count_recent_debits(
-                    connection, state.id, since
-                )
+        limited = [
+            state.id
+            for state in states.values()
+            if state.limits.max_debits_per_minute is not None and not state.is_system
+        ]
+        if not limited:
+            return
+        counts = await ledger_store.count_recent_debits_many(
+            connection, limited, at - timedelta(minutes=1)
+        )
+        for wallet_id in limited:
+            states[wallet_id].debits_last_minute = counts.get(wallet_id, 0)
 
     def _apply(
-        self,
-        tenant_id: UUID,
-        commands: Sequence[PostingCommand],
-        movements: Sequence[Movement],
-        states: dict[UUID, WalletState],
-        at: datetime,
-        atomic: bool,
+        self, posting: PostingRequest, movements: Sequence[Movement], group: _Group
     ) -> tuple[list[PostingResult], set[UUID]]:
+        """One request on the group's state; an atomic failure restores what it changed."""
+        involved = {w for m in movements for w in (m.source_id, m.destination_id)}
+        screen = group.screens[posting.tenant_id]
+        saved = None
+        saved_screen: dict[UUID, dict[UUID, datetime]] = {}
+        if posting.atomic:
+            saved = {w: group.states[w].snapshot() for w in involved if w in group.states}
+            saved_screen = screen.checkpoint()
         results: list[PostingResult] = []
         touched: set[UUID] = set()
-        for index, (command, movement) in enumerate(zip(commands, movements, strict=True)):
+        for index, (command, movement) in enumerate(zip(posting.commands, movements, strict=True)):
             try:
-                results.append(self._apply_one(tenant_id, command, movement, states, at))
+                results.append(self._apply_one(posting.tenant_id, command, movement, group))
                 touched.update((movement.source_id, movement.destination_id))
             except WalletdError as error:
-                if atomic:
+                if saved is not None:
+                    group.states.update(saved)
+                    screen.restore(saved_screen)
                     return [ItemFailure(index, error)], set()
                 results.append(ItemFailure(index, error))
         return results, touched
 
     def _apply_one(
-        self,
-        tenant_id: UUID,
-        command: PostingCommand,
-        movement: Movement,
-        states: dict[UUID, WalletState],
-        at: datetime,
+        self, tenant_id: UUID, command: PostingCommand, movement: Movement, group: _Group
     ) -> Transaction:
+        states, at = group.states, group.at
         for wallet_id in (movement.source_id, movement.destination_id):
             state = states.get(wallet_id)
-            if state is None or (state.is_system and not _is_system_leg(command, wallet_id)):
+            if (
+                state is None
+                or state.tenant_id != tenant_id
+                or (state.is_system and not _is_system_leg(command, wallet_id))
+            ):
                 raise NotFound(f"wallet {wallet_id} not found")
         transaction_id = uuid4()
-        entries = post_movement(states, movement, transaction_id, at)
-        is_transfer = isinstance(command, Transfer)
+        screen = group.screens[tenant_id]
+        review_rule = screen.check(movement, states[movement.source_id], at)
+        entries: list[Entry] = []
+        if review_rule is None:
+            entries = post_movement(states, movement, transaction_id, at)
+        else:
+            hold_for_review(states, movement, at)
+        screen.record(movement, at)
+        from_wallet, to_wallet = _parties(command)
         return Transaction(
             id=transaction_id,
             tenant_id=tenant_id,
             type=movement.type,
-            status="posted",
+            status="posted" if review_rule is None else "pending_review",
+            review_rule=review_rule,
             amount=command.amount,
             currency=command.currency,
             reference=command.reference,
             metadata=command.metadata,
-            from_wallet_id=command.from_wallet_id if is_transfer else _user_wallet(command, "debit"),
-            to_wallet_id=command.to_wallet_id if is_transfer else _user_wallet(command, "credit"),
+            from_wallet_id=from_wallet,
+            to_wallet_id=to_wallet,
             created_at=at,
             entries=tuple(entries),
         )
@@ -181,22 +298,31 @@ class PostingEngine:
     async def _write(
         self,
         connection: asyncpg.Connection,
-        tenant_id: UUID,
-        results: Sequence[PostingResult],
+        postings: Sequence[PostingRequest],
+        outcomes: Sequence[Sequence[PostingResult]],
         touched: set[UUID],
         states: dict[UUID, WalletState],
-        request: IdempotentRequest | None,
-        render: Renderer | None,
     ) -> None:
-        posted = [result for result in results if isinstance(result, Transaction)]
         system_ids = frozenset(state.id for state in states.values() if state.is_system)
-        events: list[OutboxEvent] = [event for tx in posted for event in entry_events(tx, system_ids)]
-        rows = []
-        if request is not None:
-            assert render is not None
-            rows.append(request.row(*render(results)))
+        transactions: list[Transaction] = []
+        events: list[tuple[UUID, OutboxEvent]] = []
+        rows: list[tuple[UUID, IdempotencyRow]] = []
+        for posting, results in zip(postings, outcomes, strict=True):
+            for result in results:
+                if isinstance(result, Transaction):
+                    transactions.append(result)
+                    events.extend((posting.tenant_id, e) for e in _events(result, system_ids))
+            if posting.request is not None:
+                assert posting.render is not None
+                rows.append((posting.tenant_id, posting.request.row(*posting.render(results))))
         changed = [states[wallet_id] for wallet_id in sorted(touched)]
-        await ledger_store.write_postings(connection, tenant_id, posted, changed, events, rows)
+        await ledger_store.write_group(connection, transactions, changed, events, rows)
+
+
+def _events(transaction: Transaction, system_ids: frozenset[UUID]) -> list[OutboxEvent]:
+    if transaction.status == "pending_review":
+        return [review_event("review.created", transaction, transaction.created_at)]
+    return entry_events(transaction, system_ids)
 
 
 def _is_system_leg(command: PostingCommand, wallet_id: UUID) -> bool:
@@ -206,7 +332,11 @@ def _is_system_leg(command: PostingCommand, wallet_id: UUID) -> bool:
     return wallet_id != command.wallet_id
 
 
-def _user_wallet(command: Credit | Debit, side: str) -> UUID | None:
-    if side == "credit":
-        return command.wallet_id if isinstance(command, Credit) else None
-    return command.wallet_id if isinstance(command, Debit) else None
+def _parties(command: PostingCommand) -> tuple[UUID | None, UUID | None]:
+    """(from, to) user wallets: a credit has no payer, a debit no payee."""
+    if isinstance(command, Transfer):
+        return command.from_wallet_id, command.to_wallet_id
+    if isinstance(command, Credit):
+        return None, command.wallet_id
+    assert isinstance(command, Debit)
+    return command.wallet_id, None

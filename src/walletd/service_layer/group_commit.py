@@ -1,0 +1,123 @@
+"""Group commit: concurrent posting requests share one database transaction.
+
+Requests wait in a bounded queue; up to ``max_in_flight`` flushers each take what has
+gathered (at most ``max_commands`` commands) and post it with one
+:meth:`PostingEngine.post_group` — one lock statement, one write statement, one
+commit for the lot, the way TigerBeetle batches. Under light load a request is
+flushed at once (no timer); under heavy load batches grow by themselves.
+
+Each request keeps its own exact answer: the rules run per request on the shared
+locked state, so an insufficient-funds request fails alone. If the group's
+transaction fails as a whole (a duplicate idempotency key raced in, a deadlock, a
+constraint), every request of it is retried alone, so one bad request cannot take its
+neighbours down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+
+import structlog
+
+from walletd.errors import Unavailable
+from walletd.service_layer.posting import PostingEngine, PostingRequest, PostingResult
+
+logger = structlog.get_logger("walletd.group_commit")
+
+MAX_QUEUE = 10_000
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: PostingRequest
+    future: asyncio.Future[list[PostingResult]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class GroupCommitter:
+    """Gathers :class:`PostingRequest`s of one process into shared transactions."""
+
+    def __init__(
+        self, engine: PostingEngine, *, max_commands: int = 256, max_in_flight: int = 2
+    ) -> None:
+        assert max_commands >= 1
+        assert max_in_flight >= 1
+        self._engine = engine
+        self._max_commands = max_commands
+        self._max_in_flight = max_in_flight
+        self._queue: deque[_Pending] = deque()
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, request: PostingRequest) -> list[PostingResult]:
+        """Post ``request`` in the next group; raises what posting it alone would raise."""
+        if len(self._queue) >= MAX_QUEUE:
+            raise Unavailable("too many postings are waiting; retry shortly")
+        pending = _Pending(request)
+        self._queue.append(pending)
+        self._kick()
+        return await pending.future
+
+    def _kick(self) -> None:
+        while self._queue and self._in_flight < self._max_in_flight:
+            self._in_flight += 1
+            task = asyncio.create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[_Pending]:
+        group: list[_Pending] = []
+        commands = 0
+        while self._queue:
+            size = len(self._queue[0].request.commands)
+            if group and commands + size > self._max_commands:
+                break
+            group.append(self._queue.popleft())
+            commands += size
+        return group
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                group = self._take()
+                await self._post(group)
+        finally:
+            self._in_flight -= 1
+            self._kick()
+
+    async def _post(self, group: list[_Pending]) -> None:
+        try:
+            outcomes = await self._engine.post_group([pending.request for pending in group])
+        except (asyncio.CancelledError, Exception) as error:  # every waiter must hear of it
+            if len(group) == 1 or isinstance(error, asyncio.CancelledError | Unavailable):
+                for pending in group:
+                    _fail(pending, error)
+                if isinstance(error, asyncio.CancelledError):
+                    raise
+                return
+            logger.info("group_retried_alone", size=len(group), error=type(error).__name__)
+            for pending in group:
+                await self._post([pending])
+            return
+        for pending, results in zip(group, outcomes, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(results)
+
+    async def close(self) -> None:
+        """Wait for in-flight groups (bounded by the database timeouts)."""
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _fail(pending: _Pending, error: BaseException) -> None:
+    if pending.future.done():
+        return
+    if isinstance(error, asyncio.CancelledError):
+        pending.future.cancel()
+    else:
+        pending.future.set_exception(error)
