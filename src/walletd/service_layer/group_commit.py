@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import structlog
+from prometheus_client import Counter, Histogram
 
 from walletd.errors import Unavailable
 from walletd.service_layer.posting import PostingEngine, PostingRequest, PostingResult
@@ -28,6 +29,14 @@ from walletd.service_layer.posting import PostingEngine, PostingRequest, Posting
 logger = structlog.get_logger("walletd.group_commit")
 
 MAX_QUEUE = 10_000
+GROUP_SIZE = Histogram(
+    "walletd_group_commit_requests",
+    "Requests posted per database transaction",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+GROUP_RETRIES = Counter(
+    "walletd_group_commit_retried_alone_total", "Groups whose requests were retried one by one"
+)
 
 
 @dataclass(slots=True)
@@ -90,6 +99,7 @@ class GroupCommitter:
             self._kick()
 
     async def _post(self, group: list[_Pending]) -> None:
+        GROUP_SIZE.observe(len(group))
         try:
             outcomes = await self._engine.post_group([pending.request for pending in group])
         except (asyncio.CancelledError, Exception) as error:  # every waiter must hear of it
@@ -100,6 +110,7 @@ class GroupCommitter:
                     raise
                 return
             logger.info("group_retried_alone", size=len(group), error=type(error).__name__)
+            GROUP_RETRIES.inc()
             for pending in group:
                 await self._post([pending])
             return
