@@ -170,6 +170,16 @@ def dev(
         fail(error.detail)
 
 
+def _register_commands() -> None:
+    from walletd.entrypoints import cli_audit, cli_relay
+
+    cli_relay.register(app)
+    cli_audit.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:
     try:
         app()
