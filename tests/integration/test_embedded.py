@@ -21,7 +21,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from tests.support.services import endpoints, stack  # noqa: F401
 from walletd.adapters.embedded import (
     EmbeddedServiceError,
     EmbeddedStack,

@@ -113,3 +113,25 @@ async def test_an_atomic_failure_in_a_group_leaves_neighbours_intact(database: D
             )
         )
     assert balances == {rich: 0, poor: 5, target: 50}
+
+
+async def test_first_credits_of_a_new_tenant_race_for_the_system_wallet(
+    database: Database,
+) -> None:
+    tenant_id, wallets = await _wallets(database, 4)
+    engines = [PostingEngine(database) for _ in wallets]
+    results = await asyncio.gather(
+        *(
+            engine.post(tenant_id, [Credit(w, 7, "EUR")])
+            for engine, w in zip(engines, wallets, strict=True)
+        )
+    )
+    assert all(isinstance(result[0], Transaction) for result in results)
+    async with database.connection() as connection:
+        systems = await connection.fetchval(
+            "SELECT count(*) FROM wallets WHERE tenant_id = $1 AND is_system", tenant_id
+        )
+        total = await connection.fetchval(
+            "SELECT sum(balance) FROM wallets WHERE tenant_id = $1", tenant_id
+        )
+    assert (systems, total) == (1, 0)

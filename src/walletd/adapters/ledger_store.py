@@ -50,17 +50,14 @@ WHERE e.wallet_id = ANY($1::uuid[]) AND e.amount < 0 AND e.created_at > $2
 GROUP BY e.wallet_id
 """
 
-ENSURE_SYSTEM_WALLET = """
-WITH inserted AS (
-    INSERT INTO wallets (id, tenant_id, currency, is_system, created_at, updated_at)
-    VALUES ($1, $2, $3, true, $4, $4)
-    ON CONFLICT (tenant_id, currency) WHERE is_system DO NOTHING
-    RETURNING id
-)
-SELECT id FROM inserted
-UNION ALL
-SELECT id FROM wallets WHERE tenant_id = $2 AND currency = $3 AND is_system
-LIMIT 1
+INSERT_SYSTEM_WALLET = """
+INSERT INTO wallets (id, tenant_id, currency, is_system, created_at, updated_at)
+VALUES ($1, $2, $3, true, $4, $4)
+ON CONFLICT (tenant_id, currency) WHERE is_system DO NOTHING
+"""
+
+SELECT_SYSTEM_WALLET = """
+SELECT id FROM wallets WHERE tenant_id = $1 AND currency = $2 AND is_system
 """
 
 COUNT_RECENT_DEBITS = """
@@ -179,10 +176,15 @@ async def count_recent_debits_many(
 async def ensure_system_wallet(
     connection: asyncpg.Connection, tenant_id: UUID, currency: str, at: datetime
 ) -> UUID:
-    """The tenant's system wallet for ``currency``, created on first use."""
-    wallet_id: UUID = await connection.fetchval(
-        ENSURE_SYSTEM_WALLET, uuid4(), tenant_id, currency, at
-    )
+    """The tenant's system wallet for ``currency``, created on first use.
+
+    Runs outside any other transaction (autocommit), as two statements: the select
+    then sees a wallet that a concurrent first use committed meanwhile.
+    """
+    assert not connection.is_in_transaction()
+    await connection.execute(INSERT_SYSTEM_WALLET, uuid4(), tenant_id, currency, at)
+    wallet_id: UUID | None = await connection.fetchval(SELECT_SYSTEM_WALLET, tenant_id, currency)
+    assert wallet_id is not None
     return wallet_id
 
 

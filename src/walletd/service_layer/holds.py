@@ -199,7 +199,7 @@ class HoldService:
             connection = uow.connection
             found = await self._find(connection, tenant_id, hold_id)
             destination = to_wallet_id or await self._engine.system_wallet(
-                connection, tenant_id, found.currency
+                tenant_id, found.currency
             )
             hold, states, at = await self._lock(connection, found, destination)
             if to_wallet_id is not None:

@@ -95,18 +95,20 @@ class PostingEngine:
         self._system_wallets: dict[tuple[UUID, str], UUID] = {}
         self.committer: GroupCommitter | None = None
 
-    async def system_wallet(
-        self, connection: asyncpg.Connection, tenant_id: UUID, currency: str
-    ) -> UUID:
+    async def system_wallet(self, tenant_id: UUID, currency: str) -> UUID:
+        """The tenant's system wallet id; created (and committed) on first use, then cached."""
         cached = self._system_wallets.get((tenant_id, currency))
         if cached is None:
             at = datetime.now(UTC)
-            cached = await ledger_store.ensure_system_wallet(connection, tenant_id, currency, at)
+            async with self._database.connection() as connection:
+                cached = await ledger_store.ensure_system_wallet(
+                    connection, tenant_id, currency, at
+                )
             self._system_wallets[(tenant_id, currency)] = cached
         return cached
 
     async def _movements(
-        self, connection: asyncpg.Connection, tenant_id: UUID, commands: Sequence[PostingCommand]
+        self, tenant_id: UUID, commands: Sequence[PostingCommand]
     ) -> list[Movement]:
         movements = []
         for command in commands:
@@ -121,7 +123,7 @@ class PostingEngine:
                     )
                 )
                 continue
-            system = await self.system_wallet(connection, tenant_id, command.currency)
+            system = await self.system_wallet(tenant_id, command.currency)
             if isinstance(command, Credit):
                 movements.append(
                     Movement("credit", system, command.wallet_id, command.amount, command.currency)
@@ -158,11 +160,9 @@ class PostingEngine:
         """Apply every request in one transaction; answers in request order."""
         assert postings
         try:
+            plans = [await self._movements(p.tenant_id, p.commands) for p in postings]
             async with self._database.unit_of_work() as uow:
                 connection = uow.connection
-                plans = [
-                    await self._movements(connection, p.tenant_id, p.commands) for p in postings
-                ]
                 rules = await self._rules(connection, postings, plans)
                 wallet_ids = {
                     w for plan in plans for m in plan for w in (m.source_id, m.destination_id)
