@@ -111,7 +111,7 @@ def private_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
 # --------------------------------------------------------------------------- tests
 
 
-def test_session_services_answer(endpoints: ServiceEndpoints) -> None:  # noqa: F811
+def test_session_services_answer(endpoints: ServiceEndpoints) -> None:
     assert _pg_fetch(endpoints.database_url, "select 1") == [1]
     assert _pg_fetch(endpoints.database_url, "select current_database()") == ["walletd"]
 
@@ -128,7 +128,7 @@ def test_session_services_answer(endpoints: ServiceEndpoints) -> None:  # noqa: 
     assert _consume_all(endpoints.kafka_bootstrap, topic, 1) == [b"hello"]
 
 
-def test_session_stack_is_on_loopback(stack: EmbeddedStack) -> None:  # noqa: F811
+def test_session_stack_is_on_loopback(stack: EmbeddedStack) -> None:
     for server in stack.servers:
         assert server.pid is not None
         assert server.pidfile.read_text().split() == [str(server.pid), str(os.getpid())]
