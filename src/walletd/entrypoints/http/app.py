@@ -13,9 +13,18 @@ from starlette.responses import Response
 
 from walletd.adapters.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from walletd.adapters.postgres import Database
-from walletd.entrypoints.http import problems, routes_money, routes_ops, routes_wallets
+from walletd.entrypoints.http import (
+    problems,
+    routes_admin,
+    routes_holds,
+    routes_money,
+    routes_ops,
+    routes_wallets,
+)
 from walletd.entrypoints.http.deps import Services
+from walletd.entrypoints.http.idempotent import start_idempotency, stop_idempotency
 from walletd.entrypoints.http.limits import BodyLimitMiddleware
+from walletd.service_layer.group_commit import GroupCommitter
 from walletd.service_layer.posting import PostingEngine
 from walletd.service_layer.queries import LedgerQueries
 from walletd.service_layer.wallets import WalletService
@@ -47,14 +56,28 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await services.database.connect()
+        committer = GroupCommitter(
+            services.engine,
+            max_commands=settings.group_commit_max_batch,
+            max_in_flight=settings.group_commit_max_in_flight,
+        )
+        services.engine.committer = committer
         logger.info("api_started", pid=_pid())
+        await start_idempotency(services)
+        hold_expiry = routes_holds.start_hold_expiry(services)
         try:
             yield
         finally:
+            await stop_idempotency(services)
+            await hold_expiry.stop()
+            services.engine.committer = None
+            await committer.close()
             await services.database.close()
 
     app = FastAPI(
-        title="walletd", version="0.1.0", lifespan=lifespan,
+        title="walletd",
+        version="0.1.0",
+        lifespan=lifespan,
         description="Wallet engine: double-entry ledger with idempotent money movement.",
     )
     app.state.services = services
@@ -62,12 +85,18 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes_ops.router)
     app.include_router(routes_wallets.router)
     app.include_router(routes_money.router)
-    app.middleware("http")(_observe)
+    app.include_router(routes_holds.router)
+    app.include_router(routes_admin.router)
+    # The body limit sits inside _observe: a BaseHTTPMiddleware would wrap the 413 that a
+    # chunked body raises from ``receive`` in an ExceptionGroup, which FastAPI turns into 400.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.middleware("http")(_observe)
     return app
 
 
-async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+async def _observe(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
     started = time.perf_counter()
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     response = await call_next(request)

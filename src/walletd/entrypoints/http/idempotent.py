@@ -1,22 +1,34 @@
 """Running a request under its ``Idempotency-Key``: execute once, replay afterwards.
 
 ``execute`` stores its answer under the key in the same database transaction as its
-change. A key already bound answers with the stored status and body (and
-``Idempotent-Replayed: true``) when method, path and canonical body match, else 422
-``idempotency_key_reused``. Business failures (404/422 raised while executing) are
-stored too, in a transaction of their own.
+change, and returns exactly the bytes it stored. A key already bound answers with the
+stored status and body (and ``Idempotent-Replayed: true``) when method, path and
+canonical body match, else 422 ``idempotency_key_reused``. Business failures (404/422
+raised while executing) are stored too, in a transaction of their own; 400/401/403/
+429/503 are not, and schema-validation 422s never reach this module.
+
+Redis, when configured, answers first (:mod:`walletd.service_layer.idempotency_cache`):
+a cached answer is replayed without touching PostgreSQL, and a key locked by a request
+still running gets 409 ``idempotency_key_in_use``. When Redis cannot answer, the
+request is marked to claim its key in PostgreSQL instead. See docs/idempotency.md.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
+import structlog
 from fastapi import Request
 from starlette.responses import Response
 
-from walletd.entrypoints.http.problems import PROBLEM_MEDIA_TYPE, error_body, error_response
+from walletd.adapters.redis_client import RedisClient, create_redis_client
+from walletd.entrypoints.http.deps import Services
+from walletd.entrypoints.http.problems import PROBLEM_MEDIA_TYPE, error_body
 from walletd.entrypoints.http.render import dumps
 from walletd.errors import IdempotencyKeyInUse, IdempotencyKeyReused, WalletdError
 from walletd.service_layer.idempotency import (
@@ -25,11 +37,25 @@ from walletd.service_layer.idempotency import (
     StoredAnswer,
     load_answer,
     request_fingerprint,
+    run_pruner,
     store_answer,
+)
+from walletd.service_layer.idempotency_cache import (
+    OUTCOMES,
+    UNAVAILABLE_CLAIM,
+    Claim,
+    ClaimOutcome,
+    IdempotencyCache,
 )
 
 Execute = Callable[[IdempotentRequest | None], Awaitable[Response]]
 STORED_FAILURE_STATUSES = frozenset({404, 422})
+CACHE_EXTRA: Final = "idempotency_cache"
+REDIS_EXTRA: Final = "redis"
+RUNTIME_EXTRA: Final = "idempotency_runtime"
+STOP_TIMEOUT_SECONDS: Final = 5.0
+
+logger = structlog.get_logger("walletd.idempotency")
 
 
 def json_response(status: int, body: bytes, *, replayed: bool = False) -> Response:
@@ -40,8 +66,11 @@ def json_response(status: int, body: bytes, *, replayed: bool = False) -> Respon
 
 def replay(stored: StoredAnswer, request: IdempotentRequest) -> Response:
     if (stored.method, stored.path, stored.request_hash) != (
-        request.method, request.path, request.request_hash
+        request.method,
+        request.path,
+        request.request_hash,
     ):
+        OUTCOMES.labels("reused").inc()
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used for a different request; use a new key"
         )
@@ -50,7 +79,7 @@ def replay(stored: StoredAnswer, request: IdempotentRequest) -> Response:
 
 async def run_idempotent(
     http_request: Request,
-    services: Any,
+    services: Services,
     tenant_id: UUID,
     key: str | None,
     body: Any,
@@ -61,22 +90,42 @@ async def run_idempotent(
         return await execute(None)
     method, path = http_request.method, http_request.url.path
     request = IdempotentRequest(key, method, path, request_fingerprint(method, path, body))
-    cache = services.extras.get("idempotency_cache")
-    if cache is not None:
-        cached = await cache.lookup(tenant_id, request)
-        if cached is not None:
-            return replay(cached, request)
+    cache: IdempotencyCache | None = services.extras.get(CACHE_EXTRA)
+    claim = UNAVAILABLE_CLAIM if cache is None else await cache.claim(tenant_id, request)
+    if claim.outcome is ClaimOutcome.REPLAY:
+        assert claim.answer is not None
+        response = replay(claim.answer, request)
+        OUTCOMES.labels("replayed_redis").inc()
+        return response
+    if claim.outcome is ClaimOutcome.IN_USE:
+        return await _answer_in_use(services, cache, tenant_id, request)
+    if claim.outcome is ClaimOutcome.UNAVAILABLE:
+        request = dataclasses.replace(request, claim_in_database=True)
+    answer: tuple[int, bytes] | None = None
+    try:
+        response = await _execute_or_replay(services, tenant_id, request, execute)
+        answer = _answer(response)
+    finally:
+        # Also on failure: a lock we hold is released now rather than at its TTL.
+        if cache is not None:
+            await cache.finish(tenant_id, request, claim, answer)
+    return response
+
+
+async def _execute_or_replay(
+    services: Services, tenant_id: UUID, request: IdempotentRequest, execute: Execute
+) -> Response:
+    """The answer PostgreSQL holds for the key once this returns (raises when none)."""
     try:
         response = await _execute(services, tenant_id, request, execute)
     except DuplicateKey:
-        response = await _replay_from_database(services, tenant_id, request)
-    if cache is not None:
-        await cache.remember(tenant_id, request, response)
+        return await _replay_from_database(services, tenant_id, request)
+    OUTCOMES.labels("executed").inc()
     return response
 
 
 async def _execute(
-    services: Any, tenant_id: UUID, request: IdempotentRequest, execute: Execute
+    services: Services, tenant_id: UUID, request: IdempotentRequest, execute: Execute
 ) -> Response:
     try:
         return await execute(request)
@@ -87,14 +136,90 @@ async def _execute(
         async with services.database.unit_of_work() as uow:
             await store_answer(uow.connection, tenant_id, request.row(error.status, body))
             await uow.commit()
-        return error_response(error)
+        return json_response(error.status, body)  # the very bytes stored
 
 
 async def _replay_from_database(
-    services: Any, tenant_id: UUID, request: IdempotentRequest
+    services: Services, tenant_id: UUID, request: IdempotentRequest
 ) -> Response:
     async with services.database.connection() as connection:
         stored = await load_answer(connection, tenant_id, request.key)
     if stored is None:
+        OUTCOMES.labels("in_use").inc()
         raise IdempotencyKeyInUse("the first request with this key has not finished; retry")
-    return replay(stored, request)
+    response = replay(stored, request)
+    OUTCOMES.labels("replayed_database").inc()
+    return response
+
+
+async def _answer_in_use(
+    services: Services,
+    cache: IdempotencyCache | None,
+    tenant_id: UUID,
+    request: IdempotentRequest,
+) -> Response:
+    """Redis says another request holds the key: replay if it already committed, else 409.
+
+    One primary-key read, never a posting: it covers a first request that committed
+    but could not cache its answer or release its lock (crash, Redis blip).
+    """
+    response = await _replay_from_database(services, tenant_id, request)
+    if cache is not None:
+        await cache.finish(tenant_id, request, Claim(ClaimOutcome.IN_USE), _answer(response))
+    return response
+
+
+def _answer(response: Response) -> tuple[int, bytes]:
+    return response.status_code, bytes(response.body)
+
+
+@dataclasses.dataclass
+class _Runtime:
+    """What :func:`start_idempotency` started, so that :func:`stop_idempotency` stops it."""
+
+    pruner: asyncio.Task[None]
+    owned_redis: RedisClient | None
+
+
+async def start_idempotency(services: Services) -> None:
+    """In the app lifespan, after the database pool: Redis fast path and key pruning.
+
+    The Redis client is shared in ``services.extras["redis"]`` (rate limiting and
+    counters may use it); it is created here unless present, and an unreachable
+    Redis at start is only a warning: requests take the database path meanwhile.
+    """
+    settings = services.settings
+    retention_seconds = settings.idempotency_retention_hours * 3600
+    owned: RedisClient | None = None
+    if settings.redis_url:
+        redis = services.extras.get(REDIS_EXTRA)
+        if redis is None:
+            redis = owned = create_redis_client(
+                settings.redis_url, timeout_seconds=settings.redis_timeout_seconds
+            )
+            services.extras[REDIS_EXTRA] = redis
+        services.extras[CACHE_EXTRA] = IdempotencyCache(
+            redis,
+            retention_seconds=retention_seconds,
+            lock_seconds=settings.idempotency_lock_seconds,
+        )
+        if not await redis.ping():
+            logger.warning("redis_unreachable_at_start", fallback="postgresql")
+    pruner = asyncio.create_task(
+        run_pruner(services.database, retention_seconds), name="walletd-idempotency-pruner"
+    )
+    services.extras[RUNTIME_EXTRA] = _Runtime(pruner, owned)
+
+
+async def stop_idempotency(services: Services) -> None:
+    """In the app lifespan, before the database pool closes."""
+    runtime: _Runtime | None = services.extras.pop(RUNTIME_EXTRA, None)
+    services.extras.pop(CACHE_EXTRA, None)
+    if runtime is None:
+        return
+    runtime.pruner.cancel()
+    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+        await asyncio.wait_for(runtime.pruner, STOP_TIMEOUT_SECONDS)
+    if runtime.owned_redis is not None:
+        services.extras.pop(REDIS_EXTRA, None)
+        await runtime.owned_redis.close()

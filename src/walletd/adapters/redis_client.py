@@ -1,0 +1,189 @@
+"""The process's Redis client: hard timeouts, no hidden retries, and a circuit breaker.
+
+Redis is only ever a fast path in walletd, so a call must fail fast rather than wait:
+every call is bounded by ``timeout_seconds`` (socket timeouts *and* an asyncio deadline
+around the whole call), redis-py's own retries are off, and after
+``failure_threshold`` consecutive connection failures or timeouts the breaker opens for
+``open_seconds``: calls fail at once (no network), then one probe call is let through.
+A dead Redis therefore costs at most one timeout per ``open_seconds`` instead of one
+per request. Redis returning is noticed by that probe; redis-py reconnects by itself.
+
+Callers (idempotency, rate limiting, counters) catch :class:`RedisUnavailable`, whose
+``reason`` is a short, bounded label fit for a metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final, Literal, TypeVar
+
+from prometheus_client import Counter, Gauge
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+T = TypeVar("T")
+UnavailableReason = Literal["circuit_open", "timeout", "connection", "error"]
+
+DEFAULT_MAX_CONNECTIONS: Final = 64
+DEFAULT_FAILURE_THRESHOLD: Final = 3
+DEFAULT_OPEN_SECONDS: Final = 2.0
+MAX_OPEN_SECONDS: Final = 300.0
+
+REDIS_CALL_FAILURES = Counter(
+    "walletd_redis_call_failures",
+    "Redis calls that failed or were refused by the open circuit breaker.",
+    ["reason"],
+)
+REDIS_CIRCUIT_OPEN = Gauge(
+    "walletd_redis_circuit_open",
+    "1 while the Redis circuit breaker of this process is open, else 0.",
+    multiprocess_mode="max",
+)
+
+
+class RedisUnavailable(Exception):
+    """Redis could not serve this call; the caller takes its slower, safe path."""
+
+    def __init__(self, reason: UnavailableReason, detail: str) -> None:
+        super().__init__(f"redis {reason}: {detail}")
+        self.reason: UnavailableReason = reason
+
+
+class CircuitBreaker:
+    """Consecutive-failure breaker: closed → open (for ``open_seconds``) → one probe → …
+
+    Single event loop, no threads: the state needs no lock.
+    """
+
+    def __init__(
+        self,
+        failure_threshold: int = DEFAULT_FAILURE_THRESHOLD,
+        open_seconds: float = DEFAULT_OPEN_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        assert 1 <= failure_threshold <= 1000
+        assert 0 < open_seconds <= MAX_OPEN_SECONDS
+        self._threshold = failure_threshold
+        self._open_seconds = open_seconds
+        self._clock = clock
+        self._failures = 0
+        self._open_until: float | None = None
+        self._probing = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open_until is not None
+
+    def allow(self) -> bool:
+        """May a call go to Redis now? When open, lets exactly one probe through per period."""
+        if self._open_until is None:
+            return True
+        if self._probing or self._clock() < self._open_until:
+            return False
+        self._probing = True
+        return True
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._open_until = None
+        self._probing = False
+        REDIS_CIRCUIT_OPEN.set(0)
+
+    def record_failure(self) -> None:
+        self._probing = False
+        self._failures = min(self._failures + 1, self._threshold)
+        if self._open_until is not None or self._failures >= self._threshold:
+            self._open_until = self._clock() + self._open_seconds
+            REDIS_CIRCUIT_OPEN.set(1)
+
+    def abandon_probe(self) -> None:
+        """A call ended without a verdict (cancelled): let the next caller probe."""
+        self._probing = False
+
+
+class RedisClient:
+    """One pooled Redis connection set per process, used through :meth:`call`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_seconds: float,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        assert 0 < timeout_seconds <= 10
+        assert 1 <= max_connections <= 10_000
+        self.timeout_seconds = timeout_seconds
+        self.breaker = breaker or CircuitBreaker()
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_seconds,  # waiting for a free pooled connection is bounded too
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),  # redis-py would otherwise retry 10 times
+        )
+        self._redis: Redis = Redis.from_pool(pool)
+
+    def script(self, source: str) -> AsyncScript:
+        """A Lua script run by EVALSHA (loaded again by itself after a Redis restart)."""
+        return self._redis.register_script(source)
+
+    async def call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+        """Run ``operation`` within the deadline; raise :class:`RedisUnavailable` on failure."""
+        if not self.breaker.allow():
+            REDIS_CALL_FAILURES.labels("circuit_open").inc()
+            raise RedisUnavailable("circuit_open", "circuit breaker open")
+        verdict = False
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                result = await operation(self._redis)
+            verdict = True
+            self.breaker.record_success()
+            return result
+        except (TimeoutError, RedisTimeoutError) as error:
+            verdict = True
+            raise self._failed("timeout", error) from error
+        except (RedisConnectionError, OSError) as error:
+            verdict = True
+            raise self._failed("connection", error) from error
+        except RedisError as error:
+            # Redis answered (e.g. a script or type error): it is alive, the call is not.
+            verdict = True
+            self.breaker.record_success()
+            REDIS_CALL_FAILURES.labels("error").inc()
+            raise RedisUnavailable("error", f"{type(error).__name__}: {error}") from error
+        finally:
+            if not verdict:
+                self.breaker.abandon_probe()
+
+    def _failed(self, reason: UnavailableReason, error: BaseException) -> RedisUnavailable:
+        self.breaker.record_failure()
+        REDIS_CALL_FAILURES.labels(reason).inc()
+        return RedisUnavailable(reason, f"{type(error).__name__}: {error}")
+
+    async def ping(self) -> bool:
+        """True when Redis answers PING within the deadline (never raises)."""
+        try:
+            return bool(await self.call(lambda redis: redis.ping()))
+        except RedisUnavailable:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def create_redis_client(
+    url: str, *, timeout_seconds: float, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> RedisClient:
+    """The shared client of one process; creating it does not connect (no I/O)."""
+    return RedisClient(url, timeout_seconds=timeout_seconds, max_connections=max_connections)
