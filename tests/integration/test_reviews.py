@@ -49,7 +49,7 @@ class Desk:
         self.engine = PostingEngine(database)
         self.wallets = WalletService(database)
         self.rules = RiskRuleService(database)
-        self.reviews = ReviewService(database)
+        self.reviews = ReviewService(database, self.engine)
 
     async def wallet(self, funded: int = 0, currency: str = "EUR") -> UUID:
         wallet = await self.wallets.create(

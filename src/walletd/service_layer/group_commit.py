@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import structlog
 from prometheus_client import Counter, Histogram
 
-from walletd.errors import Unavailable
+from walletd.errors import Unavailable, WalletdError
 from walletd.service_layer.posting import PostingEngine, PostingRequest, PostingResult
 
 logger = structlog.get_logger("walletd.group_commit")
@@ -114,9 +114,11 @@ class GroupCommitter:
             for pending in group:
                 await self._post([pending])
             return
-        for pending, results in zip(group, outcomes, strict=True):
-            if not pending.future.done():
-                pending.future.set_result(results)
+        for pending, outcome in zip(group, outcomes, strict=True):
+            if isinstance(outcome, WalletdError):
+                _fail(pending, outcome)
+            elif not pending.future.done():
+                pending.future.set_result(outcome)
 
     async def close(self) -> None:
         """Wait for in-flight groups (bounded by the database timeouts)."""

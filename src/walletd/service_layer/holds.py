@@ -29,7 +29,12 @@ from walletd.domain.events import OutboxEvent, cloud_event, entry_events
 from walletd.domain.ledger import Movement, WalletState, place_hold, post_movement, release_hold
 from walletd.domain.records import Hold, Transaction
 from walletd.errors import HoldNotPending, NotFound, Unavailable, ValidationFailed, WalletdError
-from walletd.service_layer.idempotency import DuplicateKey, IdempotentRequest, is_duplicate_key
+from walletd.service_layer.idempotency import (
+    DuplicateKey,
+    IdempotentRequest,
+    claim_key,
+    is_duplicate_key,
+)
 from walletd.service_layer.posting import PostingEngine, posting_time
 
 HoldAnswer = Callable[[Hold], tuple[int, bytes]]
@@ -85,10 +90,13 @@ class HoldService:
         self._engine = engine
 
     @contextlib.asynccontextmanager
-    async def _work(self, request: IdempotentRequest | None) -> AsyncIterator[UnitOfWork]:
+    async def _work(
+        self, request: IdempotentRequest | None, tenant_id: UUID
+    ) -> AsyncIterator[UnitOfWork]:
         """A unit of work whose idempotency-key collision becomes :class:`DuplicateKey`."""
         try:
             async with self._database.unit_of_work() as uow:
+                await claim_key(uow.connection, tenant_id, request)
                 yield uow
         except asyncpg.UniqueViolationError as error:
             if is_duplicate_key(error):
@@ -118,7 +126,7 @@ class HoldService:
             raise ValidationFailed("amount must be a positive integer")
         if expires_at is not None and expires_at.utcoffset() is None:
             raise ValidationFailed("expires_at needs a time zone (use Z for UTC)")
-        async with self._work(request) as uow:
+        async with self._work(request, tenant_id) as uow:
             connection = uow.connection
             states = await ledger_store.lock_wallets(connection, tenant_id, [wallet_id])
             wallet = _user_wallet(states, wallet_id)
@@ -195,7 +203,7 @@ class HoldService:
         """Post one ``capture`` of ``amount`` (default: all) and release the rest."""
         if amount is not None and amount <= 0:
             raise ValidationFailed("amount must be a positive integer")
-        async with self._work(request) as uow:
+        async with self._work(request, tenant_id) as uow:
             connection = uow.connection
             found = await self._find(connection, tenant_id, hold_id)
             destination = to_wallet_id or await self._engine.system_wallet(
@@ -249,7 +257,7 @@ class HoldService:
         answer: HoldAnswer | None = None,
     ) -> Hold:
         """Release the whole hold; nothing is posted."""
-        async with self._work(request) as uow:
+        async with self._work(request, tenant_id) as uow:
             connection = uow.connection
             hold, states, at = await self._lock(
                 connection, await self._find(connection, tenant_id, hold_id)

@@ -34,11 +34,12 @@ from walletd.domain.events import OutboxEvent, entry_events
 from walletd.domain.ledger import Entry, Movement, WalletState, post_movement
 from walletd.domain.records import Transaction
 from walletd.domain.risk import RiskRule, hold_for_review, review_event
-from walletd.errors import NotFound, WalletdError
+from walletd.errors import IdempotencyKeyInUse, NotFound, WalletdError
 from walletd.service_layer.idempotency import (
     DuplicateKey,
     IdempotentRequest,
     Renderer,
+    claim_key,
     is_duplicate_key,
 )
 from walletd.service_layer.risk_rules import RiskScreen, load_rules_for, load_screen
@@ -58,6 +59,9 @@ class ItemFailure:
 
 
 PostingResult = Transaction | ItemFailure
+# A request's outcome in a group: its results, or the error that stopped it alone
+# (its key is still being used by another request: 409).
+GroupOutcome = list[PostingResult] | WalletdError
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,37 +157,58 @@ class PostingEngine:
         posting = PostingRequest(tenant_id, commands, atomic, request, render)
         if self.committer is not None:
             return await self.committer.submit(posting)
-        (results,) = await self.post_group([posting])
-        return results
+        (outcome,) = await self.post_group([posting])
+        if isinstance(outcome, WalletdError):
+            raise outcome
+        return outcome
 
-    async def post_group(self, postings: Sequence[PostingRequest]) -> list[list[PostingResult]]:
+    async def post_group(self, postings: Sequence[PostingRequest]) -> list[GroupOutcome]:
         """Apply every request in one transaction; answers in request order."""
         assert postings
         try:
-            plans = [await self._movements(p.tenant_id, p.commands) for p in postings]
             async with self._database.unit_of_work() as uow:
-                connection = uow.connection
-                rules = await self._rules(connection, postings, plans)
-                wallet_ids = {
-                    w for plan in plans for m in plan for w in (m.source_id, m.destination_id)
-                }
-                states = await ledger_store.lock_any_wallets(connection, wallet_ids)
-                at = posting_time(list(states.values()))
-                await self._load_minute_counts(connection, states, at)
-                screens = await self._screens(connection, rules, postings, plans, at)
-                group = _Group(states, screens, at)
-                outcomes, touched = [], set()
-                for posting, movements in zip(postings, plans, strict=True):
-                    results, changed = self._apply(posting, movements, group)
-                    outcomes.append(results)
-                    touched |= changed
-                await self._write(connection, postings, outcomes, touched, states)
+                blocked = await self._claim_keys(uow.connection, postings)
+                ready = [p for index, p in enumerate(postings) if index not in blocked]
+                posted = await self._post_claimed(uow.connection, ready) if ready else []
                 await uow.commit()
         except asyncpg.UniqueViolationError as error:
             if is_duplicate_key(error):
                 keys = [p.request.key for p in postings if p.request is not None]
                 raise DuplicateKey(",".join(keys)) from error
             raise
+        answers = iter(posted)
+        return [blocked[i] if i in blocked else next(answers) for i in range(len(postings))]
+
+    async def _claim_keys(
+        self, connection: asyncpg.Connection, postings: Sequence[PostingRequest]
+    ) -> dict[int, WalletdError]:
+        """Keys Redis could not lock are claimed here; a key still in use blocks its request."""
+        blocked: dict[int, WalletdError] = {}
+        for index, posting in enumerate(postings):
+            try:
+                await claim_key(connection, posting.tenant_id, posting.request)
+            except IdempotencyKeyInUse as error:
+                blocked[index] = error
+        return blocked
+
+    async def _post_claimed(
+        self, connection: asyncpg.Connection, postings: Sequence[PostingRequest]
+    ) -> list[list[PostingResult]]:
+        """Lock, apply and write ``postings`` inside the caller's transaction."""
+        plans = [await self._movements(p.tenant_id, p.commands) for p in postings]
+        rules = await self._rules(connection, postings, plans)
+        wallet_ids = {w for plan in plans for m in plan for w in (m.source_id, m.destination_id)}
+        states = await ledger_store.lock_any_wallets(connection, wallet_ids)
+        at = posting_time(list(states.values()))
+        await self._load_minute_counts(connection, states, at)
+        screens = await self._screens(connection, rules, postings, plans, at)
+        group = _Group(states, screens, at)
+        outcomes, touched = [], set()
+        for posting, movements in zip(postings, plans, strict=True):
+            results, changed = self._apply(posting, movements, group)
+            outcomes.append(results)
+            touched |= changed
+        await self._write(connection, postings, outcomes, touched, states)
         return outcomes
 
     async def _rules(

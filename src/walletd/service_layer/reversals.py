@@ -25,7 +25,12 @@ from walletd.domain.events import entry_events
 from walletd.domain.ledger import Movement, WalletState, post_movement
 from walletd.domain.records import Transaction
 from walletd.errors import AlreadyReversed, InsufficientFunds, NotFound, ValidationFailed
-from walletd.service_layer.idempotency import DuplicateKey, IdempotentRequest, is_duplicate_key
+from walletd.service_layer.idempotency import (
+    DuplicateKey,
+    IdempotentRequest,
+    claim_key,
+    is_duplicate_key,
+)
 from walletd.service_layer.posting import posting_time
 from walletd.service_layer.tenants import Principal
 
@@ -72,11 +77,12 @@ class ReversalService:
 
     @contextlib.asynccontextmanager
     async def _work(
-        self, original_id: UUID, request: IdempotentRequest | None
+        self, original_id: UUID, request: IdempotentRequest | None, tenant_id: UUID
     ) -> AsyncIterator[UnitOfWork]:
         """A unit of work mapping unique violations: the key, or a racing reversal."""
         try:
             async with self._database.unit_of_work() as uow:
+                await claim_key(uow.connection, tenant_id, request)
                 yield uow
         except asyncpg.UniqueViolationError as error:
             if is_duplicate_key(error):
@@ -96,7 +102,7 @@ class ReversalService:
     ) -> Transaction:
         """Post the mirror of ``transaction_id`` and log who did it; see the module doc."""
         tenant_id = principal.tenant_id
-        async with self._work(transaction_id, request) as uow:
+        async with self._work(transaction_id, request, tenant_id) as uow:
             connection = uow.connection
             original = await ledger_queries.get_transaction(connection, tenant_id, transaction_id)
             if original is None:

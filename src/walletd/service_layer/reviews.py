@@ -26,8 +26,8 @@ from walletd.domain.ledger import Movement, WalletState, post_movement, release_
 from walletd.domain.records import Transaction
 from walletd.domain.risk import review_event
 from walletd.errors import NotFound, ReviewNotPending
-from walletd.service_layer.idempotency import IdempotentRequest, store_answer
-from walletd.service_layer.posting import posting_time
+from walletd.service_layer.idempotency import IdempotentRequest, claim_key, store_answer
+from walletd.service_layer.posting import PostingEngine, posting_time
 from walletd.service_layer.tenants import Principal
 
 ReviewAnswer = Callable[[Transaction], tuple[int, bytes]]
@@ -75,8 +75,9 @@ async def _load_minute_count(
 
 
 class ReviewService:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, engine: PostingEngine) -> None:
         self._database = database
+        self._engine = engine
 
     async def pending(
         self, tenant_id: UUID, after: tuple[datetime, UUID] | None, limit: int
@@ -98,6 +99,7 @@ class ReviewService:
         tenant_id = principal.tenant_id
         async with self._database.unit_of_work() as uow:
             connection = uow.connection
+            await claim_key(connection, tenant_id, request)
             pending = await _lock_pending(connection, tenant_id, transaction_id)
             if decision == "approve":
                 decided = await self._approve(connection, pending)
@@ -130,9 +132,7 @@ class ReviewService:
         assert pending.from_wallet_id is not None
         destination = pending.to_wallet_id
         if pending.type == "debit":
-            destination = await ledger_store.ensure_system_wallet(
-                connection, pending.tenant_id, pending.currency, pending.created_at
-            )
+            destination = await self._engine.system_wallet(pending.tenant_id, pending.currency)
         assert destination is not None
         movement = Movement(
             pending.type,

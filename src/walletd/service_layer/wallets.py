@@ -17,7 +17,7 @@ from walletd.domain.events import cloud_event
 from walletd.domain.ledger import Limits, WalletStatus
 from walletd.domain.records import Wallet
 from walletd.errors import NotFound, WalletClosed, WalletNotEmpty
-from walletd.service_layer.idempotency import IdempotentRequest, store_answer
+from walletd.service_layer.idempotency import IdempotentRequest, claim_key, store_answer
 from walletd.service_layer.tenants import Principal
 
 WalletAnswer = Callable[[Wallet], tuple[int, bytes]]
@@ -61,6 +61,7 @@ class WalletService:
     ) -> Wallet:
         at = datetime.now(UTC)
         async with self._database.unit_of_work() as uow:
+            await claim_key(uow.connection, tenant_id, request)
             wallet = await wallet_store.insert_wallet(
                 uow.connection,
                 wallet_id=uuid4(),

@@ -76,7 +76,9 @@ async def list_reviews(
 ) -> Response:
     """Pending reviews, oldest first."""
     after = cursors.wallet_cursor(cursor)
-    pending = await ReviewService(services.database).pending(principal.tenant_id, after, limit + 1)
+    pending = await ReviewService(services.database, services.engine).pending(
+        principal.tenant_id, after, limit + 1
+    )
     next_cursor = None
     if len(pending) > limit:
         last = pending[limit - 1]
@@ -101,7 +103,7 @@ async def _decide(
         return 200, render.dumps(render.transaction_json(decided))
 
     async def execute(idempotent: IdempotentRequest | None) -> Response:
-        decided = await ReviewService(services.database).decide(
+        decided = await ReviewService(services.database, services.engine).decide(
             principal, wanted, decision, reason, request=idempotent, answer=answer
         )
         return json_response(*answer(decided))
