@@ -73,8 +73,7 @@ class Ledger:
             return [dict(row) for row in await connection.fetch(query, *args)]
 
     async def system_wallet(self) -> UUID:
-        async with self.database.connection() as connection:
-            return await self.engine.system_wallet(connection, self.tenant_id, "EUR")
+        return await self.engine.system_wallet(self.tenant_id, "EUR")
 
 
 @pytest.fixture

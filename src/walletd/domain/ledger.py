@@ -245,6 +245,7 @@ def post_movement(
 ) -> list[Entry]:
     """Check and apply ``movement``; on any error nothing in ``wallets`` has changed."""
     source, destination = wallets[movement.source_id], wallets[movement.destination_id]
+    assert 0 <= movement.release_held <= source.held_balance, "release more than is held"
     check_movement(source, destination, movement, at)
     source.held_balance -= movement.release_held
     entries = [
