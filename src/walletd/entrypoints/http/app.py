@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
-from fastapi import FastAPI, Request
-from starlette.responses import Response
+from fastapi import FastAPI
 
-from walletd.adapters.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from walletd.adapters.postgres import Database
 from walletd.entrypoints.http import (
     problems,
@@ -24,6 +20,7 @@ from walletd.entrypoints.http import (
 from walletd.entrypoints.http.deps import Services
 from walletd.entrypoints.http.idempotent import start_idempotency, stop_idempotency
 from walletd.entrypoints.http.limits import BodyLimitMiddleware
+from walletd.entrypoints.http.observe import ObserveMiddleware
 from walletd.service_layer.group_commit import GroupCommitter
 from walletd.service_layer.posting import PostingEngine
 from walletd.service_layer.queries import LedgerQueries
@@ -83,29 +80,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     problems.install(app)
     app.include_router(routes_ops.router)
-    app.include_router(routes_wallets.router)
-    app.include_router(routes_money.router)
-    app.include_router(routes_holds.router)
-    app.include_router(routes_admin.router)
-    # The body limit sits inside _observe: a BaseHTTPMiddleware would wrap the 413 that a
-    # chunked body raises from ``receive`` in an ExceptionGroup, which FastAPI turns into 400.
+    for router in (routes_wallets, routes_money, routes_holds, routes_admin):
+        app.include_router(router.router, responses=problems.PROBLEM_RESPONSES)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.middleware("http")(_observe)
+    app.add_middleware(ObserveMiddleware)
     return app
-
-
-async def _observe(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    started = time.perf_counter()
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    response = await call_next(request)
-    route = request.scope.get("route")
-    template = getattr(route, "path", "unmatched")
-    HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
-    HTTP_LATENCY.labels(request.method, template).observe(time.perf_counter() - started)
-    response.headers["X-Request-Id"] = request_id
-    return response
 
 
 def _pid() -> int:
