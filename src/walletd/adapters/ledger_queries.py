@@ -30,11 +30,18 @@ SELECT {ENTRY_COLUMNS} FROM entries WHERE transaction_id = $1 ORDER BY amount, w
 
 PAGE_ENTRIES = f"""
 SELECT {ENTRY_COLUMNS} FROM entries
-WHERE wallet_id = $1 AND wallet_version > $2
-  AND ($3::timestamptz IS NULL OR created_at >= $3)
-  AND ($4::timestamptz IS NULL OR created_at <= $4)
+WHERE wallet_id = $1 AND wallet_version > $2 AND wallet_version <= $3
 ORDER BY wallet_version
-LIMIT $5
+LIMIT $4
+"""
+
+# One wallet's entries are in the same order by time and by version (posting_time never
+# goes back), so a time range is a version range: two index lookups turn one into the other.
+FIRST_VERSION_FROM = """
+SELECT wallet_version FROM entries
+WHERE wallet_id = $1 AND created_at >= $2
+ORDER BY created_at, wallet_version
+LIMIT 1
 """
 
 BALANCE_AT = """
@@ -42,6 +49,19 @@ SELECT balance_after, wallet_version FROM entries
 WHERE wallet_id = $1 AND created_at <= $2
 ORDER BY created_at DESC, wallet_version DESC
 LIMIT 1
+"""
+
+WALLET_BALANCE_AT = """
+SELECT w.currency, coalesce(e.balance_after, 0) AS balance,
+       coalesce(e.wallet_version, 0) AS wallet_version
+FROM wallets w
+LEFT JOIN LATERAL (
+    SELECT balance_after, wallet_version FROM entries
+    WHERE wallet_id = w.id AND created_at <= $3
+    ORDER BY created_at DESC, wallet_version DESC
+    LIMIT 1
+) e ON true
+WHERE w.tenant_id = $1 AND w.id = $2 AND NOT w.is_system
 """
 
 BALANCE_BEFORE = """
@@ -55,10 +75,10 @@ RANGE_TOTALS = """
 SELECT coalesce(sum(amount) FILTER (WHERE amount > 0), 0)::numeric AS credits,
        coalesce(-sum(amount) FILTER (WHERE amount < 0), 0)::numeric AS debits
 FROM entries
-WHERE wallet_id = $1
-  AND ($2::timestamptz IS NULL OR created_at >= $2)
-  AND ($3::timestamptz IS NULL OR created_at <= $3)
+WHERE wallet_id = $1 AND wallet_version > $2 AND wallet_version <= $3
 """
+
+MAX_VERSION = 2**63 - 1
 
 
 def entry_record(row: asyncpg.Record) -> Entry:
@@ -101,6 +121,20 @@ async def get_transaction(
     )
 
 
+async def version_range(
+    connection: asyncpg.Connection, wallet_id: UUID, start: datetime | None, end: datetime | None
+) -> tuple[int, int]:
+    """(after, up_to): the versions of the entries created in [start, end], as a half-open
+    range ``after < wallet_version <= up_to``."""
+    after, up_to = 0, MAX_VERSION
+    if start is not None:
+        first = await connection.fetchval(FIRST_VERSION_FROM, wallet_id, start)
+        after = first - 1 if first is not None else MAX_VERSION
+    if end is not None:
+        _, up_to = await balance_at(connection, wallet_id, end)
+    return after, up_to
+
+
 async def page_entries(
     connection: asyncpg.Connection,
     wallet_id: UUID,
@@ -109,7 +143,9 @@ async def page_entries(
     end: datetime | None,
     limit: int,
 ) -> list[Entry]:
-    rows = await connection.fetch(PAGE_ENTRIES, wallet_id, after_version, start, end, limit)
+    """Up to ``limit`` entries created in [start, end] with a version above ``after_version``."""
+    after, up_to = await version_range(connection, wallet_id, start, end)
+    rows = await connection.fetch(PAGE_ENTRIES, wallet_id, max(after, after_version), up_to, limit)
     return [entry_record(row) for row in rows]
 
 
@@ -123,8 +159,20 @@ async def balance_at(
     return row["balance_after"], row["wallet_version"]
 
 
+async def wallet_balance_at(
+    connection: asyncpg.Connection, tenant_id: UUID, wallet_id: UUID, moment: datetime
+) -> tuple[str, int, int] | None:
+    """(currency, balance, wallet_version) at ``moment`` in one round trip; None: no wallet."""
+    row = await connection.fetchrow(WALLET_BALANCE_AT, tenant_id, wallet_id, moment)
+    if row is None:
+        return None
+    return row["currency"], row["balance"], row["wallet_version"]
+
+
 async def range_totals(
     connection: asyncpg.Connection, wallet_id: UUID, start: datetime | None, end: datetime | None
 ) -> tuple[int, int]:
-    row = await connection.fetchrow(RANGE_TOTALS, wallet_id, start, end)
+    """(total credits, total debits) of the entries created in [start, end]."""
+    after, up_to = await version_range(connection, wallet_id, start, end)
+    row = await connection.fetchrow(RANGE_TOTALS, wallet_id, after, up_to)
     return int(row["credits"]), int(row["debits"])

@@ -68,11 +68,13 @@ class LedgerQueries:
 
     async def balance_at(
         self, tenant_id: UUID, wallet_id: UUID, moment: datetime
-    ) -> tuple[Wallet, int, int]:
+    ) -> tuple[str, int, int]:
+        """(currency, balance, wallet_version) after the last entry at or before ``moment``."""
         async with self._database.connection() as connection:
-            wallet = await self._wallet(connection, tenant_id, wallet_id)
-            balance, version = await ledger_queries.balance_at(connection, wallet_id, moment)
-        return wallet, balance, version
+            found = await ledger_queries.wallet_balance_at(connection, tenant_id, wallet_id, moment)
+        if found is None:
+            raise NotFound(f"wallet {wallet_id} not found")
+        return found
 
     async def statement(
         self,

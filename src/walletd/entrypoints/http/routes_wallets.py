@@ -22,6 +22,7 @@ from walletd.entrypoints.http.deps import (
     path_uuid,
 )
 from walletd.entrypoints.http.idempotent import json_response, run_idempotent
+from walletd.entrypoints.http.problems import IDEMPOTENT_RESPONSES
 from walletd.entrypoints.http.schemas import (
     BalancePublic,
     EntryList,
@@ -37,9 +38,13 @@ from walletd.service_layer.queries import Statement
 
 router = APIRouter(prefix="/v1")
 Limit = Annotated[int, Query(ge=1, le=500)]
+# RFC 3339 timestamps; documented as such, parsed by cursors.parse_timestamp (else 422).
+TIMESTAMP: dict[str, Any] = {"format": "date-time"}
 
 
-@router.post("/wallets", status_code=201, response_model=WalletPublic)
+@router.post(
+    "/wallets", status_code=201, response_model=WalletPublic, responses=IDEMPOTENT_RESPONSES
+)
 async def create_wallet(
     request: Request,
     body: WalletCreate,
@@ -97,7 +102,9 @@ async def _status_action(
     return json_response(200, render.dumps(render.wallet_json(wallet)))
 
 
-@router.post("/wallets/{wallet_id}/freeze", response_model=WalletPublic)
+@router.post(
+    "/wallets/{wallet_id}/freeze", response_model=WalletPublic, responses=IDEMPOTENT_RESPONSES
+)
 async def freeze_wallet(
     wallet_id: str,
     principal: AdminPrincipal,
@@ -108,7 +115,9 @@ async def freeze_wallet(
     return await _status_action("freeze", wallet_id, body, principal, services)
 
 
-@router.post("/wallets/{wallet_id}/unfreeze", response_model=WalletPublic)
+@router.post(
+    "/wallets/{wallet_id}/unfreeze", response_model=WalletPublic, responses=IDEMPOTENT_RESPONSES
+)
 async def unfreeze_wallet(
     wallet_id: str,
     principal: AdminPrincipal,
@@ -119,7 +128,9 @@ async def unfreeze_wallet(
     return await _status_action("unfreeze", wallet_id, body, principal, services)
 
 
-@router.post("/wallets/{wallet_id}/close", response_model=WalletPublic)
+@router.post(
+    "/wallets/{wallet_id}/close", response_model=WalletPublic, responses=IDEMPOTENT_RESPONSES
+)
 async def close_wallet(
     wallet_id: str,
     principal: AdminPrincipal,
@@ -144,8 +155,8 @@ async def list_entries(
     wallet_id: str,
     principal: ReadPrincipal,
     services: ServicesDep,
-    from_: Annotated[str | None, Query(alias="from")] = None,
-    to: str | None = None,
+    from_: Annotated[str | None, Query(alias="from", json_schema_extra=TIMESTAMP)] = None,
+    to: Annotated[str | None, Query(json_schema_extra=TIMESTAMP)] = None,
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> Response:
@@ -163,15 +174,19 @@ async def list_entries(
 
 @router.get("/wallets/{wallet_id}/balance", response_model=BalancePublic)
 async def balance_at(
-    wallet_id: str, principal: ReadPrincipal, services: ServicesDep, at: str | None = None
+    wallet_id: str,
+    principal: ReadPrincipal,
+    services: ServicesDep,
+    at: Annotated[str, Query(json_schema_extra=TIMESTAMP)],
 ) -> Response:
     moment = cursors.parse_timestamp(at, "at")
-    wallet, balance, version = await services.queries.balance_at(
-        principal.tenant_id, path_uuid(wallet_id, "wallet"), moment
+    wanted = path_uuid(wallet_id, "wallet")
+    currency, balance, version = await services.queries.balance_at(
+        principal.tenant_id, wanted, moment
     )
     body = {
-        "wallet_id": str(wallet.id),
-        "currency": wallet.currency,
+        "wallet_id": str(wanted),
+        "currency": currency,
         "balance": balance,
         "wallet_version": version,
         "at": render.timestamp(moment),
@@ -218,8 +233,8 @@ async def statement(
     wallet_id: str,
     principal: ReadPrincipal,
     services: ServicesDep,
-    from_: Annotated[str | None, Query(alias="from")] = None,
-    to: str | None = None,
+    from_: Annotated[str | None, Query(alias="from", json_schema_extra=TIMESTAMP)] = None,
+    to: Annotated[str | None, Query(json_schema_extra=TIMESTAMP)] = None,
     cursor: str | None = None,
 ) -> Response:
     start, end = cursors.optional_timestamp(from_, "from"), cursors.optional_timestamp(to, "to")
