@@ -15,7 +15,8 @@ GENESIS_HASH = bytes(32)
 
 def canonical_timestamp(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds, e.g. ``2026-11-24T12:00:00.123456Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(UTC)
+    return f"{utc.year:04d}-" + utc.strftime("%m-%dT%H:%M:%S.%fZ")
 
 
 def canonical_entry(
