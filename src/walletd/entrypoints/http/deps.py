@@ -9,8 +9,10 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from walletd.adapters.postgres import Database
+from walletd.entrypoints.http.rate_limit import enforce_rate_limit
 from walletd.errors import Forbidden, IdempotencyKeyRequired, InvalidRequest, NotFound, Unauthorized
 from walletd.service_layer import tenants
 from walletd.service_layer.posting import PostingEngine
@@ -57,15 +59,24 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+# Documents the bearer scheme in OpenAPI; a missing/other-scheme header gives None → 401.
+BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer wdk_…`")
+
+
 async def get_principal(
-    services: ServicesDep, authorization: Annotated[str | None, Header()] = None
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
 ) -> Principal:
-    if not authorization:
-        raise Unauthorized("missing Authorization: Bearer <key>")
-    scheme, _, secret = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise Unauthorized("expected Authorization: Bearer <key>")
-    return await services.authenticate(secret.strip())
+    if credentials is None:
+        raise Unauthorized("missing or malformed Authorization: Bearer <key>")
+    principal = await services.authenticate(credentials.credentials)
+    await enforce_rate_limit(services, principal)  # after auth, before any handler work
+    return principal
+
+
+# The scope each ``require(...)`` dependency enforces: the security tests read it off
+# the route table, so a /v1 route that enforces no scope fails them.
+REQUIRED_SCOPE: dict[Callable[..., Awaitable[Principal]], str] = {}
 
 
 def require(scope: str) -> Callable[..., Awaitable[Principal]]:
@@ -76,6 +87,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
             raise Forbidden(f"this key lacks the {scope!r} scope")
         return principal
 
+    REQUIRED_SCOPE[dependency] = scope
     return dependency
 
 
@@ -89,7 +101,9 @@ def _valid_key(key: str) -> bool:
 
 
 async def required_idempotency_key(
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[
+        str | None, Header(description="Required here (else 400): 1-255 printable ASCII")
+    ] = None,
 ) -> str:
     if idempotency_key is None:
         raise IdempotencyKeyRequired("this request needs an Idempotency-Key header")
@@ -99,7 +113,9 @@ async def required_idempotency_key(
 
 
 async def optional_idempotency_key(
-    idempotency_key: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[
+        str | None, Header(description="Optional here: 1-255 printable ASCII")
+    ] = None,
 ) -> str | None:
     if idempotency_key is not None and not _valid_key(idempotency_key):
         raise InvalidRequest("Idempotency-Key must be 1-255 printable ASCII characters")

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 from fastapi import FastAPI, Request
@@ -19,10 +20,34 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from walletd.adapters.postgres import UNAVAILABLE_ERRORS
-from walletd.errors import RateLimited, Unavailable, WalletdError
+from walletd.entrypoints.http.schemas import Problem
+from walletd.errors import RateLimited, Unavailable, ValidationFailed, WalletdError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 logger = structlog.get_logger("walletd.http")
+
+
+def _documented(description: str) -> dict[str, Any]:
+    schema = Problem.model_json_schema()
+    return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
+
+
+# OpenAPI: the problems every /v1 route may answer (app.py adds them to each router).
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _documented("invalid_request (malformed JSON) or idempotency_key_required"),
+    401: _documented("unauthorized: missing or invalid API key"),
+    403: _documented("forbidden: the key lacks the scope"),
+    404: _documented("not_found: no such object for this tenant"),
+    413: _documented("payload_too_large: body over the limit"),
+    422: _documented("validation_error or a business rule (code says which)"),
+    429: _documented("rate_limited: see Retry-After"),
+    503: _documented("unavailable: a dependency did not answer; see Retry-After"),
+}
+# POSTs that take an Idempotency-Key may also answer 409 while the first request runs.
+IDEMPOTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **PROBLEM_RESPONSES,
+    409: _documented("idempotency_key_in_use: the first request with this key is running"),
+}
 
 
 def problem_body(status: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
@@ -107,10 +132,25 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
         413: "payload_too_large",
         422: "validation_error",
     }.get(status, "invalid_request")
-    title = {404: "Not found", 405: "Method not allowed"}.get(status, "Invalid request")
+    title = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}.get(
+        status, "Invalid request"
+    )
     detail = str(exc.detail) if status != 404 else "no such resource"
     headers = dict(exc.headers) if exc.headers else None
     return problem_response(problem_body(status, code, title, detail), headers)
+
+
+# Text PostgreSQL cannot store (U+0000) that no request model refused first: the client's
+# data, not a server fault. A safety net; request models should refuse it up front.
+UNSTORABLE_TEXT_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.CharacterNotInRepertoireError,
+    asyncpg.exceptions.UntranslatableCharacterError,
+)
+
+
+async def _on_unstorable_text(request: Request, exc: Exception) -> Response:
+    logger.warning("unstorable_text", path=request.url.path, error=type(exc).__name__)
+    return error_response(ValidationFailed("text must not contain NUL (\\u0000) characters"))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
@@ -134,4 +174,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(WalletdError, _on_walletd_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    for unstorable in UNSTORABLE_TEXT_ERRORS:
+        app.add_exception_handler(unstorable, _on_unstorable_text)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -20,7 +20,7 @@ from walletd.entrypoints.http.deps import (
     path_uuid,
 )
 from walletd.entrypoints.http.idempotent import json_response, run_idempotent
-from walletd.entrypoints.http.problems import error_body
+from walletd.entrypoints.http.problems import IDEMPOTENT_RESPONSES, error_body
 from walletd.entrypoints.http.schemas import (
     BatchAtomicPublic,
     BatchResultsPublic,
@@ -35,9 +35,7 @@ from walletd.service_layer.posting import ItemFailure, PostingResult
 
 router = APIRouter(prefix="/v1")
 
-PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    422: {"description": "Validation or business rule error (problem+json)"},
-}
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = IDEMPOTENT_RESPONSES
 REVIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": TransactionPublic, "description": "Sent to review: status pending_review"},
     **PROBLEM_RESPONSES,

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import orjson
+import pycountry
 from pydantic import UUID4 as _UUID4  # noqa: F401  (kept for schema consumers)
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -19,6 +20,8 @@ from walletd.domain.money import MAX_AMOUNT, is_known_currency
 
 METADATA_MAX_BYTES = 16 * 1024
 METADATA_MAX_DEPTH = 5
+# PostgreSQL text and jsonb cannot hold U+0000: refuse it here (422), not in the database.
+NUL_FREE = r"^[^\x00]*$"
 
 
 def _check_currency(code: str) -> str:
@@ -50,16 +53,40 @@ def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("metadata must be plain JSON") from error
     if size > METADATA_MAX_BYTES:
         raise ValueError(f"metadata is {size} bytes; at most {METADATA_MAX_BYTES} allowed")
+    if any("\x00" in text for text in _strings(value)):
+        raise ValueError("metadata must not contain NUL (\\u0000) characters")
     return value
+
+
+def _strings(value: Any) -> list[str]:
+    """Every key and string value inside ``value`` (iterative; called on capped input)."""
+    found: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            found.append(node)
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 Amount = Annotated[StrictInt, Field(ge=1, le=MAX_AMOUNT, description="Minor units, 1..2^63-1")]
 NonNegativeAmount = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT)]
+# Documented as an enum (OpenAPI) so clients and generated tests know the accepted codes.
+KNOWN_CURRENCIES = sorted(currency.alpha_3 for currency in pycountry.currencies)
 Currency = Annotated[
-    StrictStr, Field(min_length=3, max_length=3, examples=["EUR"]), AfterValidator(_check_currency)
+    StrictStr,
+    Field(
+        min_length=3, max_length=3, examples=["EUR"], json_schema_extra={"enum": KNOWN_CURRENCIES}
+    ),
+    AfterValidator(_check_currency),
 ]
 Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
-Reference = Annotated[StrictStr, Field(max_length=255)]
+Reference = Annotated[StrictStr, Field(max_length=255, pattern=NUL_FREE)]
 
 
 class RequestModel(BaseModel):
@@ -68,7 +95,7 @@ class RequestModel(BaseModel):
 
 class WalletCreate(RequestModel):
     currency: Currency
-    owner_id: Annotated[StrictStr, Field(max_length=255)] | None = None
+    owner_id: Annotated[StrictStr, Field(max_length=255, pattern=NUL_FREE)] | None = None
     overdraft_limit: NonNegativeAmount = 0
     metadata: Metadata = Field(default_factory=dict)
 
@@ -100,7 +127,7 @@ class TransferBatchCreate(RequestModel):
 
 
 class ReasonBody(RequestModel):
-    reason: Annotated[StrictStr, Field(max_length=1000)] | None = None
+    reason: Annotated[StrictStr, Field(max_length=1000, pattern=NUL_FREE)] | None = None
 
 
 class LimitsUpdate(RequestModel):
