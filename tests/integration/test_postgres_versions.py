@@ -7,6 +7,7 @@ starts the wheel's server (18) next to it, migrates, posts, and checks the guard
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,7 @@ def wheel_postgres_url() -> object:
         yield endpoints.database_url, stack.postgres.version
     finally:
         stack.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 async def test_schema_and_postings_work_on_the_wheel_server(
