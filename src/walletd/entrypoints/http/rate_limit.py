@@ -15,6 +15,7 @@ outage must not become an API outage. See docs/security.md.
 from __future__ import annotations
 
 import math
+import time
 from typing import TYPE_CHECKING, Final
 from uuid import UUID
 
@@ -34,6 +35,7 @@ REDIS_EXTRA: Final = "redis"
 LIMITER_EXTRA: Final = "rate_limiter"
 KEY_PREFIX: Final = "walletd:ratelimit:"
 MAX_RETRY_AFTER_SECONDS: Final = 3600
+FAIL_OPEN_LOG_INTERVAL_SECONDS: Final = 10.0  # one warning per interval, not one per request
 
 # KEYS[1] the bucket; ARGV[1] tokens per second, ARGV[2] capacity.
 # Returns {1, 0} when a token was taken, else {0, milliseconds until one is available}.
@@ -84,6 +86,7 @@ class RateLimiter:
         self.per_second = per_second
         self.capacity = burst or per_second
         self._script: AsyncScript | None = None
+        self._warned_at = -FAIL_OPEN_LOG_INTERVAL_SECONDS
         if redis is not None:
             self._script = redis.script(BUCKET_SCRIPT_LUA)
 
@@ -100,7 +103,10 @@ class RateLimiter:
             )
         except RedisUnavailable as error:
             RATE_LIMIT_DECISIONS.labels("fail_open").inc()
-            logger.warning("rate_limit_fail_open", reason=error.reason)
+            now = time.monotonic()
+            if now - self._warned_at >= FAIL_OPEN_LOG_INTERVAL_SECONDS:
+                self._warned_at = now
+                logger.warning("rate_limit_fail_open", reason=error.reason)
             return
         allowed, wait_ms = int(reply[0]), int(reply[1])
         assert allowed in (0, 1)
