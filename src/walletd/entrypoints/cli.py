@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from typing import Annotated, NoReturn
 
@@ -105,6 +106,9 @@ def serve(
     os.environ["WALLETD_DATABASE_URL"] = settings.database_url
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="walletd-metrics-")
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal; a drained
+    # stop is a clean stop, so the process exits 0.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     try:
         uvicorn.run(
             "walletd.entrypoints.http.asgi:create_app_from_env",
