@@ -27,7 +27,13 @@ from walletd.entrypoints.http.deps import (
     path_uuid,
 )
 from walletd.entrypoints.http.idempotent import json_response, run_idempotent
-from walletd.entrypoints.http.schemas import Amount, Currency, RequestModel, TransactionPublic
+from walletd.entrypoints.http.schemas import (
+    NUL_FREE,
+    Amount,
+    Currency,
+    RequestModel,
+    TransactionPublic,
+)
 from walletd.service_layer.holds import HoldAnswer, HoldExpirer, HoldService
 from walletd.service_layer.idempotency import IdempotentRequest
 from walletd.service_layer.reversals import ReversalService
@@ -57,7 +63,7 @@ class HoldCapture(RequestModel):
 
 
 class ReverseBody(RequestModel):
-    reason: Annotated[StrictStr, Field(max_length=1000)] | None = None
+    reason: Annotated[StrictStr, Field(max_length=1000, pattern=NUL_FREE)] | None = None
 
 
 class HoldPublic(BaseModel):

@@ -33,6 +33,7 @@ from walletd.entrypoints.http.schemas import (
     WalletList,
     WalletPublic,
 )
+from walletd.errors import ValidationFailed
 from walletd.service_layer.idempotency import IdempotentRequest
 from walletd.service_layer.queries import Statement
 
@@ -83,6 +84,8 @@ async def list_wallets(
     limit: Limit = 50,
     cursor: str | None = None,
 ) -> Response:
+    if owner_id is not None and ("\x00" in owner_id or len(owner_id) > 255):
+        raise ValidationFailed("owner_id: at most 255 characters, no NUL")
     after = cursors.wallet_cursor(cursor)
     wallets = await services.wallets.list(principal.tenant_id, owner_id, after, limit + 1)
     next_cursor = None

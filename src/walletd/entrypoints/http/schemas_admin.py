@@ -13,7 +13,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from walletd.domain.risk import MAX_NAME_LENGTH, MAX_RULES
-from walletd.entrypoints.http.schemas import RequestModel, TransactionPublic
+from walletd.entrypoints.http.schemas import NUL_FREE, RequestModel, TransactionPublic
 
 
 class RiskRuleIn(BaseModel):
@@ -21,7 +21,7 @@ class RiskRuleIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+    name: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NUL_FREE)]
     type: Literal["amount_at_least", "young_wallet", "distinct_recipients"]
     params: dict[str, Any]
     action: Literal["review", "reject"]
