@@ -135,3 +135,50 @@ async def test_first_credits_of_a_new_tenant_race_for_the_system_wallet(
             "SELECT sum(balance) FROM wallets WHERE tenant_id = $1", tenant_id
         )
     assert (systems, total) == (1, 0)
+
+
+async def test_a_request_retried_alone_stores_and_returns_its_committed_answer(
+    database: Database,
+) -> None:
+    """Regression (chaos seed 1171237398): the answer of the failed group attempt leaked."""
+    import orjson
+
+    from walletd.entrypoints.http.routes_money import _Memo, render_single
+
+    tenant_id, (source, target) = await _wallets(database, 2)
+    engine = PostingEngine(database)
+    await engine.post(tenant_id, [Credit(source, 100, "EUR")])
+    taken = IdempotentRequest("taken", "POST", "/v1/transfers", b"t" * 32)
+    await engine.post(
+        tenant_id, [Transfer(source, target, 1, "EUR")], request=taken, render=_Memo(render_single)
+    )
+    committer = GroupCommitter(engine, max_commands=64, max_in_flight=1)
+    fresh_key = IdempotentRequest("fresh", "POST", "/v1/transfers", b"f" * 32)
+    fresh_memo = _Memo(render_single)
+    duplicate = PostingRequest(
+        tenant_id, [Transfer(source, target, 1, "EUR")], True, taken, _Memo(render_single)
+    )
+    fresh = PostingRequest(
+        tenant_id, [Transfer(source, target, 5, "EUR")], True, fresh_key, fresh_memo
+    )
+    outcomes = await asyncio.gather(
+        committer.submit(duplicate), committer.submit(fresh), return_exceptions=True
+    )
+    assert isinstance(outcomes[0], DuplicateKey)
+    results = outcomes[1]
+    assert isinstance(results, list)
+    status, body = fresh_memo(results)
+    sent = orjson.loads(body)
+    async with database.connection() as connection:
+        stored = await connection.fetchval(
+            "SELECT response_body FROM idempotency_keys WHERE tenant_id = $1 AND key = 'fresh'",
+            tenant_id,
+        )
+        exists = await connection.fetchval(
+            "SELECT count(*) FROM transactions WHERE id = $1", uuid.UUID(sent["id"])
+        )
+    assert status == 201
+    assert bytes(stored) == body
+    assert exists == 1
+    assert isinstance(results[0], Transaction)
+    assert sent["id"] == str(results[0].id)

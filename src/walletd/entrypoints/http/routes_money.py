@@ -89,16 +89,23 @@ def render_item_batch(results: Sequence[PostingResult]) -> tuple[int, bytes]:
 
 
 class _Memo:
-    """Renders once: the same bytes are stored under the key and sent to the client."""
+    """Renders each outcome once: the bytes stored under the key are the bytes sent.
+
+    The engine may render a request more than once — a group transaction that failed
+    as a whole is retried request by request, with new transaction ids — so the memo
+    is keyed by the results object: only the answer for the results that were finally
+    committed (the very list the engine returns) is ever sent.
+    """
 
     def __init__(self, renderer: Any) -> None:
         self._renderer = renderer
-        self.answer: tuple[int, bytes] | None = None
+        self._results: Sequence[PostingResult] | None = None
+        self._answer: tuple[int, bytes] = (500, b"")
 
     def __call__(self, results: Sequence[PostingResult]) -> tuple[int, bytes]:
-        if self.answer is None:
-            self.answer = self._renderer(results)
-        return self.answer
+        if results is not self._results:
+            self._results, self._answer = results, self._renderer(results)
+        return self._answer
 
 
 async def _post(
