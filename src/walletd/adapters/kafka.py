@@ -110,16 +110,33 @@ class OutboundMessage:
     value: bytes
 
 
+# Delivery errors that mean the producer's idempotence state (id, epoch, sequence) is
+# stale: resending through the same producer fails forever, a new producer succeeds.
+PRODUCER_STATE_ERRORS = frozenset(
+    {
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+    }
+)
+
+
 class BatchDelivery:
     """Delivery reports of one batch, slot ``i`` for message ``i``: None while pending."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, on_error: Any = None) -> None:
         assert size > 0
         self.results: list[KafkaError | bool | None] = [None] * size
+        self._on_error = on_error
 
     def callback(self, index: int) -> Any:
         def on_delivery(error: KafkaError | None, _message: Message) -> None:
             self.results[index] = True if error is None else error
+            if error is not None and self._on_error is not None:
+                self._on_error(error)
 
         return on_delivery
 
@@ -192,6 +209,11 @@ class EventPublisher:
             detail=_one_line(error.str()),
         )  # fmt: skip
 
+    def _on_delivery_error(self, error: KafkaError) -> None:
+        """A stale producer state is as good as fatal: the relay replaces this producer."""
+        if error.code() in PRODUCER_STATE_ERRORS and self._fatal is None:
+            self._fatal = error
+
     @property
     def fatal_error(self) -> KafkaError | None:
         """A fatal producer error: this publisher must be closed and replaced."""
@@ -199,7 +221,7 @@ class EventPublisher:
 
     def send(self, messages: Sequence[OutboundMessage]) -> BatchDelivery:
         """Hand ``messages`` to the producer in order; reports arrive during :meth:`flush`."""
-        delivery = BatchDelivery(len(messages))
+        delivery = BatchDelivery(len(messages), on_error=self._on_delivery_error)
         try:
             for index, message in enumerate(messages):
                 self._produce(message, delivery.callback(index))

@@ -6,6 +6,7 @@ balances and statement ranges; ``entries_one_per_wallet_version`` pages entries.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID
 
@@ -95,13 +96,7 @@ def entry_record(row: asyncpg.Record) -> Entry:
     )
 
 
-async def get_transaction(
-    connection: asyncpg.Connection, tenant_id: UUID, transaction_id: UUID
-) -> Transaction | None:
-    row = await connection.fetchrow(SELECT_TRANSACTION, tenant_id, transaction_id)
-    if row is None:
-        return None
-    entry_rows = await connection.fetch(SELECT_TRANSACTION_ENTRIES, transaction_id)
+def transaction_record(row: asyncpg.Record, entries: Sequence[Entry] = ()) -> Transaction:
     return Transaction(
         id=row["id"],
         tenant_id=row["tenant_id"],
@@ -117,8 +112,18 @@ async def get_transaction(
         reverses_transaction_id=row["reverses_transaction_id"],
         hold_id=row["hold_id"],
         review_rule=row["review_rule"],
-        entries=tuple(entry_record(entry) for entry in entry_rows),
+        entries=tuple(entries),
     )
+
+
+async def get_transaction(
+    connection: asyncpg.Connection, tenant_id: UUID, transaction_id: UUID
+) -> Transaction | None:
+    row = await connection.fetchrow(SELECT_TRANSACTION, tenant_id, transaction_id)
+    if row is None:
+        return None
+    entry_rows = await connection.fetch(SELECT_TRANSACTION_ENTRIES, transaction_id)
+    return transaction_record(row, [entry_record(entry) for entry in entry_rows])
 
 
 async def version_range(

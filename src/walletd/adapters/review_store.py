@@ -16,8 +16,9 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from walletd.adapters.ledger_queries import transaction_record
 from walletd.domain.events import OutboxEvent
-from walletd.domain.ledger import Entry, WalletState
+from walletd.domain.ledger import WalletState
 from walletd.domain.records import Transaction
 
 SELECT_RULES = "SELECT risk_rules FROM tenants WHERE id = $1"
@@ -135,26 +136,6 @@ async def recent_recipients(
     for row in rows:
         found.setdefault(row["payer"], {})[row["recipient"]] = row["at"]
     return found
-
-
-def transaction_record(row: asyncpg.Record, entries: Sequence[Entry] = ()) -> Transaction:
-    return Transaction(
-        id=row["id"],
-        tenant_id=row["tenant_id"],
-        type=row["type"],
-        status=row["status"],
-        amount=row["amount"],
-        currency=row["currency"],
-        reference=row["reference"],
-        metadata=row["metadata"],
-        from_wallet_id=row["from_wallet_id"],
-        to_wallet_id=row["to_wallet_id"],
-        created_at=row["created_at"],
-        reverses_transaction_id=row["reverses_transaction_id"],
-        hold_id=row["hold_id"],
-        review_rule=row["review_rule"],
-        entries=tuple(entries),
-    )
 
 
 async def lock_transaction(
