@@ -223,9 +223,15 @@ async def write_group(
     wallets: Sequence[WalletState],
     events: Sequence[tuple[UUID, OutboxEvent]],
     idempotency_rows: Sequence[tuple[UUID, IdempotencyRow]] = (),
+    *,
+    stored: Sequence[Transaction] = (),
 ) -> None:
-    """Write postings of any tenants, wallet states, events and idempotency rows at once."""
-    entries: list[Entry] = [entry for tx in transactions for entry in tx.entries]
+    """Write postings of any tenants, wallet states, events and idempotency rows at once.
+
+    ``stored`` are transactions already in the table (a review being approved): only
+    their entries are inserted.
+    """
+    entries: list[Entry] = [entry for tx in (*transactions, *stored) for entry in tx.entries]
     await connection.execute(
         WRITE_POSTINGS,
         [tx.tenant_id for tx in transactions],

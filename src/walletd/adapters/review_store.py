@@ -14,8 +14,8 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 
+from walletd.adapters import ledger_store
 from walletd.adapters.ledger_queries import transaction_record
 from walletd.domain.events import OutboxEvent
 from walletd.domain.ledger import WalletState
@@ -74,37 +74,9 @@ ORDER BY created_at, id
 LIMIT $4
 """
 
-DECIDE_REVIEW = """
-WITH new_entries AS (
-    INSERT INTO entries (id, transaction_id, wallet_id, currency, amount, balance_after,
-                         wallet_version, hash, created_at)
-    SELECT * FROM unnest($4::uuid[], $5::uuid[], $6::uuid[], $7::text[], $8::bigint[],
-                         $9::bigint[], $10::bigint[], $11::bytea[], $12::timestamptz[])
-),
-changed_wallets AS (
-    UPDATE wallets AS w
-    SET balance = c.balance, held_balance = c.held_balance, version = c.version,
-        last_hash = c.last_hash, debit_day = c.debit_day, debit_day_total = c.debit_day_total,
-        updated_at = c.updated_at
-    FROM unnest($13::uuid[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bytea[],
-                $18::date[], $19::bigint[], $20::timestamptz[])
-         AS c(id, balance, held_balance, version, last_hash, debit_day, debit_day_total,
-              updated_at)
-    WHERE w.id = c.id AND w.tenant_id = $1
-),
-new_events AS (
-    INSERT INTO outbox (event_id, tenant_id, message_key, event_type, payload)
-    SELECT e.event_id, $1, e.message_key, e.event_type, e.payload::jsonb
-    FROM unnest($21::uuid[], $22::text[], $23::text[], $24::text[]) WITH ORDINALITY
-         AS e(event_id, message_key, event_type, payload, position)
-    ORDER BY e.position
-),
-decided AS (
-    UPDATE transactions SET status = $3, updated_at = $25
-    WHERE tenant_id = $1 AND id = $2 AND status = 'pending_review'
-    RETURNING id
-)
-SELECT count(*) FROM decided
+SET_DECISION = """
+UPDATE transactions SET status = $3, updated_at = $4
+WHERE tenant_id = $1 AND id = $2 AND status = 'pending_review'
 """
 
 
@@ -157,10 +129,6 @@ async def list_pending(
     return [transaction_record(row) for row in rows]
 
 
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 async def write_decision(
     connection: asyncpg.Connection,
     decided: Transaction,
@@ -168,35 +136,16 @@ async def write_decision(
     events: Sequence[OutboxEvent],
     at: datetime,
 ) -> None:
-    """Write a decided review: entries, wallets, status and events in one statement."""
+    """Write a decided review: its status, then entries, wallets and events as postings do."""
     assert decided.status in ("posted", "rejected")
-    entries = decided.entries
-    count = await connection.fetchval(
-        DECIDE_REVIEW,
-        decided.tenant_id,
-        decided.id,
-        decided.status,
-        [entry.id for entry in entries],
-        [entry.transaction_id for entry in entries],
-        [entry.wallet_id for entry in entries],
-        [entry.currency for entry in entries],
-        [entry.amount for entry in entries],
-        [entry.balance_after for entry in entries],
-        [entry.wallet_version for entry in entries],
-        [entry.hash for entry in entries],
-        [entry.created_at for entry in entries],
-        [wallet.id for wallet in wallets],
-        [wallet.balance for wallet in wallets],
-        [wallet.held_balance for wallet in wallets],
-        [wallet.version for wallet in wallets],
-        [wallet.last_hash for wallet in wallets],
-        [wallet.debit_day for wallet in wallets],
-        [wallet.debit_day_total for wallet in wallets],
-        [wallet.updated_at for wallet in wallets],
-        [event.event_id for event in events],
-        [event.message_key for event in events],
-        [event.event_type for event in events],
-        [_json_text(event.payload) for event in events],
-        at,
+    status = await connection.execute(
+        SET_DECISION, decided.tenant_id, decided.id, decided.status, at
     )
-    assert count == 1, f"transaction {decided.id} was not pending review when written"
+    assert status == "UPDATE 1", f"transaction {decided.id} was not pending review when written"
+    await ledger_store.write_group(
+        connection,
+        [],
+        wallets,
+        [(decided.tenant_id, event) for event in events],
+        stored=[decided],
+    )
