@@ -196,12 +196,15 @@ class PostingEngine:
     ) -> list[list[PostingResult]]:
         """Lock, apply and write ``postings`` inside the caller's transaction."""
         plans = [await self._movements(p.tenant_id, p.commands) for p in postings]
-        rules = await self._rules(connection, postings, plans)
+        by_tenant: dict[UUID, list[Movement]] = defaultdict(list)
+        for posting, movements in zip(postings, plans, strict=True):
+            by_tenant[posting.tenant_id].extend(movements)
+        rules = await self._rules(connection, by_tenant)
         wallet_ids = {w for plan in plans for m in plan for w in (m.source_id, m.destination_id)}
         states = await ledger_store.lock_any_wallets(connection, wallet_ids)
         at = posting_time(list(states.values()))
         await self._load_minute_counts(connection, states, at)
-        screens = await self._screens(connection, rules, postings, plans, at)
+        screens = await self._screens(connection, rules, by_tenant, at)
         group = _Group(states, screens, at)
         outcomes, touched = [], set()
         for posting, movements in zip(postings, plans, strict=True):
@@ -212,14 +215,8 @@ class PostingEngine:
         return outcomes
 
     async def _rules(
-        self,
-        connection: asyncpg.Connection,
-        postings: Sequence[PostingRequest],
-        plans: Sequence[Sequence[Movement]],
+        self, connection: asyncpg.Connection, by_tenant: dict[UUID, list[Movement]]
     ) -> dict[UUID, tuple[RiskRule, ...]]:
-        by_tenant: dict[UUID, list[Movement]] = defaultdict(list)
-        for posting, movements in zip(postings, plans, strict=True):
-            by_tenant[posting.tenant_id].extend(movements)
         return {
             tenant: await load_rules_for(connection, tenant, movements)
             for tenant, movements in by_tenant.items()
@@ -229,13 +226,9 @@ class PostingEngine:
         self,
         connection: asyncpg.Connection,
         rules: dict[UUID, tuple[RiskRule, ...]],
-        postings: Sequence[PostingRequest],
-        plans: Sequence[Sequence[Movement]],
+        by_tenant: dict[UUID, list[Movement]],
         at: datetime,
     ) -> dict[UUID, RiskScreen]:
-        by_tenant: dict[UUID, list[Movement]] = defaultdict(list)
-        for posting, movements in zip(postings, plans, strict=True):
-            by_tenant[posting.tenant_id].extend(movements)
         return {
             tenant: await load_screen(connection, tenant, rules[tenant], movements, at)
             for tenant, movements in by_tenant.items()
