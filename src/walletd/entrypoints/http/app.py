@@ -19,6 +19,7 @@ from walletd.entrypoints.http import (
 )
 from walletd.entrypoints.http.deps import Services
 from walletd.entrypoints.http.idempotent import start_idempotency, stop_idempotency
+from walletd.entrypoints.http.lean import LeanPostingMiddleware
 from walletd.entrypoints.http.limits import BodyLimitMiddleware
 from walletd.entrypoints.http.observe import ObserveMiddleware
 from walletd.service_layer.group_commit import GroupCommitter
@@ -82,6 +83,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes_ops.router)
     for router in (routes_wallets, routes_money, routes_holds, routes_admin):
         app.include_router(router.router, responses=problems.PROBLEM_RESPONSES)
+    # Innermost first: the lean path sees bodies only within the limit, and its answers
+    # pass through the request metrics like every route's.
+    app.add_middleware(LeanPostingMiddleware, services=services, routes=app.routes)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObserveMiddleware)
     return app

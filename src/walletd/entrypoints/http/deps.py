@@ -38,11 +38,18 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
     _auth_cache: dict[str, tuple[float, Principal]] = field(default_factory=dict)
 
-    async def authenticate(self, secret: str) -> Principal:
-        now = time.monotonic()
+    def cached_principal(self, secret: str) -> Principal | None:
+        """The principal of ``secret`` if it was authenticated less than 5 s ago."""
         cached = self._auth_cache.get(secret)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
+        return None
+
+    async def authenticate(self, secret: str) -> Principal:
+        cached = self.cached_principal(secret)
+        if cached is not None:
+            return cached
+        now = time.monotonic()
         async with self.database.connection() as connection:
             principal = await tenants.authenticate(connection, secret)
         if len(self._auth_cache) >= AUTH_CACHE_MAX:
@@ -51,7 +58,8 @@ class Services:
         return principal
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: a plain ``def`` dependency would be run in a worker thread per request.
     services: Services = request.app.state.services
     return services
 
@@ -96,7 +104,7 @@ WritePrincipal = Annotated[Principal, Depends(require("write"))]
 AdminPrincipal = Annotated[Principal, Depends(require("admin"))]
 
 
-def _valid_key(key: str) -> bool:
+def valid_idempotency_key(key: str) -> bool:
     return 1 <= len(key) <= IDEMPOTENCY_KEY_MAX and all(" " <= ch <= "~" for ch in key)
 
 
@@ -107,7 +115,7 @@ async def required_idempotency_key(
 ) -> str:
     if idempotency_key is None:
         raise IdempotencyKeyRequired("this request needs an Idempotency-Key header")
-    if not _valid_key(idempotency_key):
+    if not valid_idempotency_key(idempotency_key):
         raise InvalidRequest("Idempotency-Key must be 1-255 printable ASCII characters")
     return idempotency_key
 
@@ -117,7 +125,7 @@ async def optional_idempotency_key(
         str | None, Header(description="Optional here: 1-255 printable ASCII")
     ] = None,
 ) -> str | None:
-    if idempotency_key is not None and not _valid_key(idempotency_key):
+    if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
         raise InvalidRequest("Idempotency-Key must be 1-255 printable ASCII characters")
     return idempotency_key
 

@@ -89,6 +89,19 @@ async def run_idempotent(
     if key is None:
         return await execute(None)
     method, path = http_request.method, http_request.url.path
+    return await run_idempotent_at(method, path, services, tenant_id, key, body, execute)
+
+
+async def run_idempotent_at(
+    method: str,
+    path: str,
+    services: Services,
+    tenant_id: UUID,
+    key: str,
+    body: Any,
+    execute: Execute,
+) -> Response:
+    """:func:`run_idempotent` for a caller that has the method and path at hand."""
     request = IdempotentRequest(key, method, path, request_fingerprint(method, path, body))
     cache: IdempotencyCache | None = services.extras.get(CACHE_EXTRA)
     claim = UNAVAILABLE_CLAIM if cache is None else await cache.claim(tenant_id, request)

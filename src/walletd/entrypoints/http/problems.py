@@ -170,6 +170,19 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return problem_response(body)
 
 
+async def handled_response(request: Request, exc: Exception) -> Response | None:
+    """What the handlers installed below answer for ``exc`` short of the catch-all.
+
+    For code that runs outside the router (the lean posting path): ``None`` means
+    "re-raise", and the server-error middleware answers 500 exactly as for a route.
+    """
+    if isinstance(exc, WalletdError):
+        return await _on_walletd_error(request, exc)
+    if isinstance(exc, UNSTORABLE_TEXT_ERRORS):
+        return await _on_unstorable_text(request, exc)
+    return None
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(WalletdError, _on_walletd_error)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from walletd.domain.commands import Credit, Debit, PostingCommand, Transfer
@@ -15,11 +16,12 @@ from walletd.entrypoints.http import render
 from walletd.entrypoints.http.deps import (
     ReadPrincipal,
     RequiredKey,
+    Services,
     ServicesDep,
     WritePrincipal,
     path_uuid,
 )
-from walletd.entrypoints.http.idempotent import json_response, run_idempotent
+from walletd.entrypoints.http.idempotent import json_response, run_idempotent_at
 from walletd.entrypoints.http.problems import IDEMPOTENT_RESPONSES, error_body
 from walletd.entrypoints.http.schemas import (
     BatchAtomicPublic,
@@ -109,8 +111,9 @@ class _Memo:
 
 
 async def _post(
-    request: Request,
-    services: Any,
+    method: str,
+    path: str,
+    services: Services,
     tenant_id: UUID,
     key: str,
     body: Any,
@@ -127,54 +130,18 @@ async def _post(
         status, payload = memo(results)
         return json_response(status, payload)
 
-    return await run_idempotent(request, services, tenant_id, key, body, execute)
+    return await run_idempotent_at(method, path, services, tenant_id, key, body, execute)
 
 
-@router.post(
-    "/credits", status_code=201, response_model=TransactionPublic, responses=PROBLEM_RESPONSES
-)
-async def credit(
-    request: Request,
-    body: CreditCreate,
-    principal: WritePrincipal,
-    key: RequiredKey,
-    services: ServicesDep,
-) -> Response:
-    command = Credit(body.wallet_id, body.amount, body.currency, body.reference, body.metadata)
-    return await _post(
-        request,
-        services,
-        principal.tenant_id,
-        key,
-        body.model_dump(mode="json"),
-        [command],
-        render_single,
-    )
+def credit_command(body: CreditCreate) -> PostingCommand:
+    return Credit(body.wallet_id, body.amount, body.currency, body.reference, body.metadata)
 
 
-@router.post(
-    "/debits", status_code=201, response_model=TransactionPublic, responses=REVIEW_RESPONSES
-)
-async def debit(
-    request: Request,
-    body: DebitCreate,
-    principal: WritePrincipal,
-    key: RequiredKey,
-    services: ServicesDep,
-) -> Response:
-    command = Debit(body.wallet_id, body.amount, body.currency, body.reference, body.metadata)
-    return await _post(
-        request,
-        services,
-        principal.tenant_id,
-        key,
-        body.model_dump(mode="json"),
-        [command],
-        render_single,
-    )
+def debit_command(body: DebitCreate) -> PostingCommand:
+    return Debit(body.wallet_id, body.amount, body.currency, body.reference, body.metadata)
 
 
-def _transfer(body: TransferCreate) -> Transfer:
+def transfer_command(body: TransferCreate) -> Transfer:
     return Transfer(
         body.from_wallet_id,
         body.to_wallet_id,
@@ -185,25 +152,58 @@ def _transfer(body: TransferCreate) -> Transfer:
     )
 
 
+# One posting per request: its body model and the command it becomes. The routes below
+# and the lean path (:mod:`walletd.entrypoints.http.lean`) both serve them from here.
+SINGLE_POSTINGS: dict[str, tuple[type[BaseModel], Callable[[Any], PostingCommand]]] = {
+    "/v1/credits": (CreditCreate, credit_command),
+    "/v1/debits": (DebitCreate, debit_command),
+    "/v1/transfers": (TransferCreate, transfer_command),
+}
+
+
+async def post_single(
+    services: Services, tenant_id: UUID, key: str, path: str, body: BaseModel
+) -> Response:
+    """POST ``path`` (a key of :data:`SINGLE_POSTINGS`) with a validated ``body``."""
+    command = SINGLE_POSTINGS[path][1](body)
+    payload = body.model_dump(mode="json")
+    return await _post("POST", path, services, tenant_id, key, payload, [command], render_single)
+
+
+@router.post(
+    "/credits", status_code=201, response_model=TransactionPublic, responses=PROBLEM_RESPONSES
+)
+async def credit(
+    body: CreditCreate,
+    principal: WritePrincipal,
+    key: RequiredKey,
+    services: ServicesDep,
+) -> Response:
+    return await post_single(services, principal.tenant_id, key, "/v1/credits", body)
+
+
+@router.post(
+    "/debits", status_code=201, response_model=TransactionPublic, responses=REVIEW_RESPONSES
+)
+async def debit(
+    body: DebitCreate,
+    principal: WritePrincipal,
+    key: RequiredKey,
+    services: ServicesDep,
+) -> Response:
+    return await post_single(services, principal.tenant_id, key, "/v1/debits", body)
+
+
 @router.post(
     "/transfers", status_code=201, response_model=TransactionPublic, responses=REVIEW_RESPONSES
 )
 async def transfer(
-    request: Request,
     body: TransferCreate,
     principal: WritePrincipal,
     key: RequiredKey,
     services: ServicesDep,
 ) -> Response:
-    return await _post(
-        request,
-        services,
-        principal.tenant_id,
-        key,
-        body.model_dump(mode="json"),
-        [_transfer(body)],
-        render_single,
-    )
+    return await post_single(services, principal.tenant_id, key, "/v1/transfers", body)
 
 
 @router.post(
@@ -223,10 +223,11 @@ async def transfer_batch(
     key: RequiredKey,
     services: ServicesDep,
 ) -> Response:
-    commands: list[PostingCommand] = [_transfer(item) for item in body.transfers]
+    commands: list[PostingCommand] = [transfer_command(item) for item in body.transfers]
     renderer = render_atomic_batch if body.atomic else render_item_batch
     return await _post(
-        request,
+        request.method,
+        request.url.path,
         services,
         principal.tenant_id,
         key,
