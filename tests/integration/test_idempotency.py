@@ -184,6 +184,56 @@ async def test_slow_redis_costs_one_deadline_per_call_until_the_breaker_opens(
     assert all(duration < 0.01 for duration in durations[3:])
 
 
+# ------------------------------------------------------------- batched script calls
+
+
+def _batches() -> tuple[float, float]:
+    """(pipelines sent, script calls in them) so far in this process."""
+    count = REGISTRY.get_sample_value("walletd_redis_script_batch_size_count") or 0
+    total = REGISTRY.get_sample_value("walletd_redis_script_batch_size_sum") or 0
+    return count, total
+
+
+async def test_concurrent_claims_share_round_trips_and_keep_their_own_replies(
+    cache: IdempotencyCache, raw_redis: redis_asyncio.Redis
+) -> None:
+    tenant_id = uuid.uuid4()
+    requests = [credit_request(f"k-{n}-{uuid.uuid4()}") for n in range(50)]
+    before = _batches()
+    claims = await asyncio.gather(*(cache.claim(tenant_id, r) for r in requests))
+    pipelines, calls = (now - then for now, then in zip(_batches(), before, strict=True))
+    assert calls == 50 and pipelines < 50
+    assert all(claim.outcome is ClaimOutcome.LOCKED for claim in claims)
+    assert len({claim.token for claim in claims}) == 50
+    for request, claim in zip(requests, claims, strict=True):
+        lock_key = redis_keys(tenant_id, request.key)[1]
+        assert await raw_redis.get(lock_key) == claim.token.encode()
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(
+    cache: IdempotencyCache, raw_redis: redis_asyncio.Redis
+) -> None:
+    tenant_id = uuid.uuid4()
+    assert (await cache.claim(tenant_id, credit_request("a"))).outcome is ClaimOutcome.LOCKED
+    await raw_redis.script_flush()
+    claims = await asyncio.gather(
+        cache.claim(tenant_id, credit_request("b")), cache.claim(tenant_id, credit_request("a"))
+    )
+    assert [claim.outcome for claim in claims] == [ClaimOutcome.LOCKED, ClaimOutcome.IN_USE]
+
+
+async def test_a_failing_script_call_fails_alone(redis_client: RedisClient) -> None:
+    script = redis_client.script(
+        "if ARGV[1] == 'bad' then return redis.error_reply('refused') end return ARGV[1]"
+    )
+    replies = await asyncio.gather(
+        *(redis_client.run_script(script, [], [arg]) for arg in ("a", "bad", "c")),
+        return_exceptions=True,
+    )
+    assert replies[0] == b"a" and replies[2] == b"c"
+    assert isinstance(replies[1], RedisUnavailable) and replies[1].reason == "error"
+
+
 # ------------------------------------------------------------------------ Redis cache
 
 

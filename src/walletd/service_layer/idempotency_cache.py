@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
+import os
 import secrets
 from dataclasses import dataclass
 from typing import Final
@@ -64,6 +66,16 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
 end
 return 0
 """
+
+
+# Lock tokens only have to be unique among live locks: a random per-process prefix, the
+# pid (a forked child keeps the prefix) and a counter, without a system call for entropy.
+_TOKEN_PREFIX: Final = secrets.token_hex(8)
+_TOKEN_COUNTER = itertools.count()
+
+
+def _new_token() -> str:
+    return f"{_TOKEN_PREFIX}.{os.getpid()}.{next(_TOKEN_COUNTER)}"
 
 
 class ClaimOutcome(enum.Enum):
@@ -152,12 +164,10 @@ class IdempotencyCache:
 
     async def claim(self, tenant_id: UUID, request: IdempotentRequest) -> Claim:
         """One round trip: the cached answer, else our lock, else "in use"."""
-        token = secrets.token_hex(16)
+        token = _new_token()
         keys = redis_keys(tenant_id, request.key)
         try:
-            reply = await self._redis.call(
-                lambda _: self._claim(keys=keys, args=[token, self._lock_ttl_ms])
-            )
+            reply = await self._redis.run_script(self._claim, keys, (token, self._lock_ttl_ms))
         except RedisUnavailable as error:
             FALLBACKS.labels(error.reason).inc()
             return UNAVAILABLE_CLAIM
@@ -195,8 +205,8 @@ class IdempotencyCache:
             return
         keys = redis_keys(tenant_id, request.key)
         try:
-            await self._redis.call(
-                lambda _: self._finish(keys=keys, args=[claim.token, entry, self._answer_ttl_ms])
+            await self._redis.run_script(
+                self._finish, keys, (claim.token, entry, self._answer_ttl_ms)
             )
         except RedisUnavailable as error:
             if error.reason != "circuit_open":  # known already; counted by the client
