@@ -17,6 +17,7 @@ import structlog
 import typer
 
 from walletd.errors import WalletdError
+from walletd.runtime import settle_heap
 from walletd.service_layer.relay import ReplayFilter, run_relay, run_replay
 from walletd.settings import Settings, load_settings
 
@@ -58,6 +59,7 @@ async def _relay_until_signalled(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
+    settle_heap()
     await run_relay(settings, stop)
 
 

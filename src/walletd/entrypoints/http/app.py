@@ -22,6 +22,7 @@ from walletd.entrypoints.http.idempotent import start_idempotency, stop_idempote
 from walletd.entrypoints.http.lean import LeanPostingMiddleware
 from walletd.entrypoints.http.limits import BodyLimitMiddleware
 from walletd.entrypoints.http.observe import ObserveMiddleware
+from walletd.runtime import settle_heap
 from walletd.service_layer.group_commit import GroupCommitter
 from walletd.service_layer.posting import PostingEngine
 from walletd.service_layer.queries import LedgerQueries
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
         logger.info("api_started", pid=_pid())
         await start_idempotency(services)
         hold_expiry = routes_holds.start_hold_expiry(services)
+        settle_heap()
         try:
             yield
         finally:
