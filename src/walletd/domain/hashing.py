@@ -6,6 +6,7 @@ The canonical form is a fixed, ASCII, ``|``-separated line so that any reader
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from datetime import UTC, datetime
 from uuid import UUID
@@ -13,6 +14,7 @@ from uuid import UUID
 GENESIS_HASH = bytes(32)
 
 
+@functools.lru_cache(maxsize=4096)  # a group's entries, events and answers share one moment
 def canonical_timestamp(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds, e.g. ``2026-11-24T12:00:00.123456Z``."""
     utc = moment.astimezone(UTC)
