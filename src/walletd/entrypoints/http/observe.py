@@ -1,17 +1,25 @@
 """ASGI middleware: request metrics and the ``X-Request-Id`` header, without buffering.
 
+The id is the client's ``X-Request-Id`` when it sent a sane one, else a fresh one; it is
+also left in the scope, and an exception nothing handled is answered here (500
+problem, logged once), so that the header, the body and the log line name one id.
+
 A plain ASGI wrapper rather than Starlette's ``BaseHTTPMiddleware``: it adds no task,
 stream or exception group to each request, which matters on the posting hot path.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+import secrets
 import time
-import uuid
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from walletd.adapters.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from walletd.entrypoints.http.problems import REQUEST_ID_KEY, unexpected_response
 
 
 class ObserveMiddleware:
@@ -24,12 +32,14 @@ class ObserveMiddleware:
             return
         started = time.perf_counter()
         request_id = _request_id(scope)
+        scope[REQUEST_ID_KEY] = request_id.decode("latin-1")  # for the 500 handler's log
         status = 500
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id))
                 message = {**message, "headers": headers}
@@ -37,6 +47,13 @@ class ObserveMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as error:
+            if started:
+                raise
+            # Answered here rather than by the framework's outermost handler, so that
+            # the 500 carries the X-Request-Id its body and log line name. Logged once.
+            response = await unexpected_response(Request(scope), error)
+            await response(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
@@ -49,4 +66,21 @@ def _request_id(scope: Scope) -> bytes:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id" and 0 < len(value) <= 128:
             return bytes(value)
-    return uuid.uuid4().hex.encode()
+    return _new_request_id()
+
+
+class _RequestIds:
+    """32 hex digits: a random prefix per process, then a counter (no syscall per request)."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._counter = itertools.count()
+
+    def __call__(self) -> bytes:
+        if self._pid != os.getpid():  # a new (possibly forked) process: a new prefix
+            self._pid, self._prefix = os.getpid(), secrets.token_hex(10)
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}".encode()
+
+
+_new_request_id = _RequestIds()

@@ -24,6 +24,7 @@ from walletd.entrypoints.http.schemas import Problem
 from walletd.errors import RateLimited, Unavailable, ValidationFailed, WalletdError
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+REQUEST_ID_KEY = "walletd.request_id"  # in the ASGI scope: the id sent as X-Request-Id
 logger = structlog.get_logger("walletd.http")
 
 
@@ -153,10 +154,15 @@ async def _on_unstorable_text(request: Request, exc: Exception) -> Response:
     return error_response(ValidationFailed("text must not contain NUL (\\u0000) characters"))
 
 
+async def unexpected_response(request: Request, exc: Exception) -> Response:
+    """The 500 (or 503) for an exception nothing else handled; logged with the request id."""
+    return await _on_unexpected(request, exc)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return error_response(Unavailable("a dependency did not answer in time"))
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = request.scope.get(REQUEST_ID_KEY) or uuid.uuid4().hex
     logger.error(
         "unhandled_error",
         request_id=request_id,
