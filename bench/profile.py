@@ -54,11 +54,12 @@ def py_spy_command() -> list[str] | None:
 
 
 def busiest_worker(api_pid: int) -> int | None:
-    """The descendant of the API master that has used the most CPU (a uvicorn worker)."""
+    """The API process that has used the most CPU: a uvicorn worker, or the API itself
+    when it serves alone (``--workers 1`` has no worker processes)."""
     stats = all_stats()
-    workers = [pid for pid in descendants(api_pid, stats) if pid != api_pid]
-    if not workers:
+    if api_pid not in stats:
         return None
+    workers = [pid for pid in descendants(api_pid, stats) if pid != api_pid] or [api_pid]
     return max(workers, key=lambda pid: stats[pid].cpu_seconds)
 
 
