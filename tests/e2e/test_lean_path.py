@@ -182,3 +182,20 @@ async def test_bodies_in_several_messages_both_ways(database_url: str, api: ApiH
     assert cold[0] == warm[0] == 201
     assert orjson.loads(cold[1])["amount"] == orjson.loads(warm[1])["amount"] == 10
     assert (await client.get(f"/v1/wallets/{bob}")).json()["balance"] == 20
+
+
+async def test_batches_are_served_lean_both_ways(api: ApiHarness) -> None:
+    client = await api.tenant()
+    alice, bob = await _pair(client, funds=100)
+    items = [_transfer(alice, bob, 30), _transfer(alice, bob, 80)]
+    with counted() as lean:
+        atomic = await client.post("/v1/transfers/batch", {"transfers": items, "atomic": True})
+        per_item = await client.post("/v1/transfers/batch", {"transfers": items, "atomic": False})
+        bad = await client.post("/v1/transfers/batch", {"transfers": [], "atomic": True})
+    assert lean == {"served": 2, "delegated": 1}
+    assert (atomic.status_code, atomic.json()["code"]) == (422, "insufficient_funds")
+    assert atomic.json()["index"] == 1
+    assert per_item.status_code == 200
+    assert [item["status"] for item in per_item.json()["data"]] == [201, 422]
+    assert bad.status_code == 422 and bad.json()["code"] == "validation_error"
+    assert (await client.get(f"/v1/wallets/{alice}")).json()["balance"] == 70

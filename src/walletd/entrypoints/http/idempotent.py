@@ -89,7 +89,8 @@ async def run_idempotent(
     if key is None:
         return await execute(None)
     method, path = http_request.method, http_request.url.path
-    return await run_idempotent_at(method, path, services, tenant_id, key, body, execute)
+    fingerprint = request_fingerprint(method, path, body)
+    return await run_idempotent_at(method, path, services, tenant_id, key, fingerprint, execute)
 
 
 async def run_idempotent_at(
@@ -98,11 +99,12 @@ async def run_idempotent_at(
     services: Services,
     tenant_id: UUID,
     key: str,
-    body: Any,
+    fingerprint: bytes,
     execute: Execute,
 ) -> Response:
-    """:func:`run_idempotent` for a caller that has the method and path at hand."""
-    request = IdempotentRequest(key, method, path, request_fingerprint(method, path, body))
+    """:func:`run_idempotent` for a caller that has the method, path and fingerprint
+    (:func:`request_fingerprint`) at hand."""
+    request = IdempotentRequest(key, method, path, fingerprint)
     cache: IdempotencyCache | None = services.extras.get(CACHE_EXTRA)
     claim = UNAVAILABLE_CLAIM if cache is None else await cache.claim(tenant_id, request)
     if claim.outcome is ClaimOutcome.REPLAY:

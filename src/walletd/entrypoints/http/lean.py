@@ -1,8 +1,10 @@
-"""The lean path for single postings: ``POST /v1/credits``, ``/v1/debits``, ``/v1/transfers``.
+"""The lean path for postings: ``POST /v1/credits``, ``/v1/debits``, ``/v1/transfers``
+and ``/v1/transfers/batch``.
 
-These three routes carry nearly all of a wallet's traffic, and on them FastAPI's
-per-request work (dependency solving, routing, a thread hop) cost more CPU than the
-posting itself. This ASGI middleware serves them directly when the request is plainly
+These routes carry nearly all of a wallet's traffic, and on them FastAPI's per-request
+work (dependency solving, routing, a thread hop) cost more CPU than the posting
+itself; on batches, its cached copies of the parsed body held memory while the batch
+waited for its turn. This ASGI middleware serves them directly when the request is plainly
 well-formed:
 
 - a JSON body (no ``Content-Type``, or ``application/json``) that the route's own
@@ -12,10 +14,11 @@ well-formed:
   (:meth:`Services.cached_principal`) and has the ``write`` scope.
 
 It then runs the very code the FastAPI route runs (rate limit, then
-:func:`routes_money.post_single`) and answers errors through the same handlers. Any
-other request — a missing or unknown key, bad JSON, a validation error, another content
-type — is handed, body and all, to the FastAPI app, so every error a client can see is
-produced in one place. ``walletd_http_lean_requests_total{outcome}`` counts both ways.
+:func:`routes_money.post_single` or :func:`routes_money.post_batch`) and answers errors
+through the same handlers. Any other request — a missing or unknown key, bad JSON, a
+validation error, another content type — is handed, body and all, to the FastAPI app,
+so every error a client can see is produced in one place.
+``walletd_http_lean_requests_total{outcome}`` counts both ways.
 """
 
 from __future__ import annotations
@@ -35,12 +38,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from walletd.entrypoints.http.deps import Services, valid_idempotency_key
 from walletd.entrypoints.http.problems import handled_response
 from walletd.entrypoints.http.rate_limit import enforce_rate_limit
-from walletd.entrypoints.http.routes_money import SINGLE_POSTINGS, post_single
+from walletd.entrypoints.http.routes_money import (
+    BATCH_PATH,
+    SINGLE_POSTINGS,
+    post_batch,
+    post_single,
+)
+from walletd.entrypoints.http.schemas import TransferBatchCreate
 from walletd.service_layer.tenants import Principal
 
 LEAN_REQUESTS = Counter(
     "walletd_http_lean_requests",
-    "Single postings served by the lean path, or delegated to the full FastAPI app.",
+    "Postings served by the lean path, or delegated to the full FastAPI app.",
     ["outcome"],
 )
 _SERVED = LEAN_REQUESTS.labels("served")
@@ -49,19 +58,21 @@ _JSON = b"application/json"
 
 
 class LeanPostingMiddleware:
-    """Serves well-formed single postings; hands everything else to ``app`` unchanged."""
+    """Serves well-formed postings; hands everything else to ``app`` unchanged."""
 
     def __init__(self, app: ASGIApp, services: Services, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.services = services
         self._targets: dict[str, tuple[APIRoute, type[BaseModel]]] = {}
+        models = {path: model for path, (model, _) in SINGLE_POSTINGS.items()}
+        models[BATCH_PATH] = TransferBatchCreate
         for context in iter_route_contexts(routes):
             route = context.original_route
             if isinstance(route, APIRoute) and "POST" in (context.methods or ()):
-                posting = SINGLE_POSTINGS.get(context.path or "")
-                if posting is not None:
-                    self._targets[route.path] = (route, posting[0])
-        assert len(self._targets) == len(SINGLE_POSTINGS), "a single-posting route is missing"
+                model = models.get(context.path or "")
+                if model is not None:
+                    self._targets[route.path] = (route, model)
+        assert len(self._targets) == len(models), "a posting route is missing"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = None
@@ -77,13 +88,16 @@ class LeanPostingMiddleware:
             await self.app(scope, _replaying(messages, receive), send)
             return
         _SERVED.inc()
+        messages, body = [], None  # the raw body is not kept while the posting waits
         principal, key, model = prepared
+        path = target[0].path
         scope["route"] = target[0]  # the route template, for the request metrics
         try:
             await enforce_rate_limit(self.services, principal)
-            response = await post_single(
-                self.services, principal.tenant_id, key, target[0].path, model
-            )
+            if isinstance(model, TransferBatchCreate):
+                response = await post_batch(self.services, principal.tenant_id, key, model)
+            else:
+                response = await post_single(self.services, principal.tenant_id, key, path, model)
         except Exception as error:
             handled = await handled_response(Request(scope), error)
             if handled is None:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel
 from starlette.responses import Response
 
@@ -32,7 +32,7 @@ from walletd.entrypoints.http.schemas import (
     TransferBatchCreate,
     TransferCreate,
 )
-from walletd.service_layer.idempotency import IdempotentRequest
+from walletd.service_layer.idempotency import IdempotentRequest, request_fingerprint
 from walletd.service_layer.posting import ItemFailure, PostingResult
 
 router = APIRouter(prefix="/v1")
@@ -130,7 +130,10 @@ async def _post(
         status, payload = memo(results)
         return json_response(status, payload)
 
-    return await run_idempotent_at(method, path, services, tenant_id, key, body, execute)
+    # Hashed now and dropped: a 1,000-transfer body is not kept while the posting waits.
+    fingerprint = request_fingerprint(method, path, body)
+    del body
+    return await run_idempotent_at(method, path, services, tenant_id, key, fingerprint, execute)
 
 
 def credit_command(body: CreditCreate) -> PostingCommand:
@@ -151,6 +154,8 @@ def transfer_command(body: TransferCreate) -> Transfer:
         body.metadata,
     )
 
+
+BATCH_PATH = "/v1/transfers/batch"
 
 # One posting per request: its body model and the command it becomes. The routes below
 # and the lean path (:mod:`walletd.entrypoints.http.lean`) both serve them from here.
@@ -217,19 +222,25 @@ async def transfer(
     },
 )
 async def transfer_batch(
-    request: Request,
     body: TransferBatchCreate,
     principal: WritePrincipal,
     key: RequiredKey,
     services: ServicesDep,
 ) -> Response:
+    return await post_batch(services, principal.tenant_id, key, body)
+
+
+async def post_batch(
+    services: Services, tenant_id: UUID, key: str, body: TransferBatchCreate
+) -> Response:
+    """POST /v1/transfers/batch with a validated ``body`` (the route and the lean path)."""
     commands: list[PostingCommand] = [transfer_command(item) for item in body.transfers]
     renderer = render_atomic_batch if body.atomic else render_item_batch
     return await _post(
-        request.method,
-        request.url.path,
+        "POST",
+        BATCH_PATH,
         services,
-        principal.tenant_id,
+        tenant_id,
         key,
         body.model_dump(mode="json"),
         commands,
