@@ -6,6 +6,7 @@ went (``walletd_http_lean_requests_total``) and what it answered.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,11 +127,25 @@ async def test_request_metrics_name_the_route_template(api: ApiHarness) -> None:
     client = await api.tenant()
     alice, bob = await _pair(client)
     labels = {"method": "POST", "route": "/v1/transfers", "status": "201"}
-    before = REGISTRY.get_sample_value("walletd_http_requests_total", labels) or 0
+    timed = {"method": "POST", "route": "/v1/transfers"}
+
+    def seen() -> tuple[float, float, float]:
+        sample = REGISTRY.get_sample_value
+        return (
+            sample("walletd_http_requests_total", labels) or 0,
+            sample("walletd_http_request_duration_seconds_count", timed) or 0,
+            sample("walletd_http_request_duration_seconds_sum", timed) or 0,
+        )
+
+    before = seen()
+    began = time.perf_counter()
     with counted() as lean:
         await client.post("/v1/transfers", _transfer(alice, bob))
+    took = time.perf_counter() - began
+    after = seen()
     assert lean["served"] == 1
-    assert REGISTRY.get_sample_value("walletd_http_requests_total", labels) == before + 1
+    assert (after[0], after[1]) == (before[0] + 1, before[1] + 1)
+    assert 0 < after[2] - before[2] <= took  # this request's own duration, in seconds
 
 
 async def _call(app: Any, headers: dict[str, str], chunks: list[bytes]) -> tuple[int, bytes]:

@@ -34,12 +34,12 @@ class ObserveMiddleware:
         request_id = _request_id(scope)
         scope[REQUEST_ID_KEY] = request_id.decode("latin-1")  # for the 500 handler's log
         status = 500
-        started = False
+        answered = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                status, answered = message["status"], True
                 headers = list(message.get("headers", ()))
                 headers.append((b"x-request-id", request_id))
                 message = {**message, "headers": headers}
@@ -48,7 +48,7 @@ class ObserveMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception as error:
-            if started:
+            if answered:
                 raise
             # Answered here rather than by the framework's outermost handler, so that
             # the 500 carries the X-Request-Id its body and log line name. Logged once.
