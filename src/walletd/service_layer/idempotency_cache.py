@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import itertools
-import os
-import secrets
 from dataclasses import dataclass
 from typing import Final
 from uuid import UUID
@@ -26,6 +23,7 @@ import structlog
 from prometheus_client import Counter
 
 from walletd.adapters.redis_client import RedisClient, RedisUnavailable
+from walletd.runtime import process_unique_id
 from walletd.service_layer.idempotency import IdempotentRequest, StoredAnswer
 
 logger = structlog.get_logger("walletd.idempotency")
@@ -66,16 +64,6 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
 end
 return 0
 """
-
-
-# Lock tokens only have to be unique among live locks: a random per-process prefix, the
-# pid (a forked child keeps the prefix) and a counter, without a system call for entropy.
-_TOKEN_PREFIX: Final = secrets.token_hex(8)
-_TOKEN_COUNTER = itertools.count()
-
-
-def _new_token() -> str:
-    return f"{_TOKEN_PREFIX}.{os.getpid()}.{next(_TOKEN_COUNTER)}"
 
 
 class ClaimOutcome(enum.Enum):
@@ -164,7 +152,7 @@ class IdempotencyCache:
 
     async def claim(self, tenant_id: UUID, request: IdempotentRequest) -> Claim:
         """One round trip: the cached answer, else our lock, else "in use"."""
-        token = _new_token()
+        token = process_unique_id()  # unique among live locks; no secret needed
         keys = redis_keys(tenant_id, request.key)
         try:
             reply = await self._redis.run_script(self._claim, keys, (token, self._lock_ttl_ms))

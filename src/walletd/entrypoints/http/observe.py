@@ -10,9 +10,6 @@ stream or exception group to each request, which matters on the posting hot path
 
 from __future__ import annotations
 
-import itertools
-import os
-import secrets
 import time
 
 from starlette.requests import Request
@@ -20,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from walletd.adapters.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from walletd.entrypoints.http.problems import REQUEST_ID_KEY, unexpected_response
+from walletd.runtime import process_unique_id
 
 
 class ObserveMiddleware:
@@ -66,21 +64,4 @@ def _request_id(scope: Scope) -> bytes:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id" and 0 < len(value) <= 128:
             return bytes(value)
-    return _new_request_id()
-
-
-class _RequestIds:
-    """32 hex digits: a random prefix per process, then a counter (no syscall per request)."""
-
-    def __init__(self) -> None:
-        self._pid = -1
-        self._prefix = ""
-        self._counter = itertools.count()
-
-    def __call__(self) -> bytes:
-        if self._pid != os.getpid():  # a new (possibly forked) process: a new prefix
-            self._pid, self._prefix = os.getpid(), secrets.token_hex(10)
-        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}".encode()
-
-
-_new_request_id = _RequestIds()
+    return process_unique_id().encode()
