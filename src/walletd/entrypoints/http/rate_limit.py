@@ -95,11 +95,10 @@ class RateLimiter:
         if self.redis is None or self._script is None:
             RATE_LIMIT_DECISIONS.labels("fail_open").inc()
             return
-        script = self._script
         bucket = f"{KEY_PREFIX}{key_id}"
-        try:
-            reply = await self.redis.call(
-                lambda redis: script(keys=[bucket], args=[self.per_second, self.capacity])
+        try:  # batched with the other script calls of this moment (idempotency claims, …)
+            reply = await self.redis.run_script(
+                self._script, (bucket,), (self.per_second, self.capacity)
             )
         except RedisUnavailable as error:
             RATE_LIMIT_DECISIONS.labels("fail_open").inc()
