@@ -13,11 +13,11 @@ well-formed:
 - ``Authorization: Bearer <key>`` whose key was authenticated in the last seconds
   (:meth:`Services.cached_principal`) and has the ``write`` scope.
 
-It then runs the very code the FastAPI route runs (rate limit, then
-:func:`routes_money.post_single` or :func:`routes_money.post_batch`) and answers errors
-through the same handlers. Any other request — a missing or unknown key, bad JSON, a
-validation error, another content type — is handed, body and all, to the FastAPI app,
-so every error a client can see is produced in one place.
+It then runs the very code the FastAPI route runs (rate limit, then the route's entry
+in :data:`routes_money.POSTINGS`) and answers errors through the same handlers. Any
+other request — a missing or unknown key, bad JSON, a validation error, another
+content type — is handed, body and all, to the FastAPI app, so every error a client
+can see is produced in one place.
 ``walletd_http_lean_requests_total{outcome}`` counts both ways.
 """
 
@@ -38,13 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from walletd.entrypoints.http.deps import Services, valid_idempotency_key
 from walletd.entrypoints.http.problems import handled_response
 from walletd.entrypoints.http.rate_limit import enforce_rate_limit
-from walletd.entrypoints.http.routes_money import (
-    BATCH_PATH,
-    SINGLE_POSTINGS,
-    post_batch,
-    post_single,
-)
-from walletd.entrypoints.http.schemas import TransferBatchCreate
+from walletd.entrypoints.http.routes_money import POSTINGS, PostingHandler
 from walletd.service_layer.tenants import Principal
 
 LEAN_REQUESTS = Counter(
@@ -63,16 +57,14 @@ class LeanPostingMiddleware:
     def __init__(self, app: ASGIApp, services: Services, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.services = services
-        self._targets: dict[str, tuple[APIRoute, type[BaseModel]]] = {}
-        models = {path: model for path, (model, _) in SINGLE_POSTINGS.items()}
-        models[BATCH_PATH] = TransferBatchCreate
+        self._targets: dict[str, tuple[APIRoute, type[BaseModel], PostingHandler]] = {}
         for context in iter_route_contexts(routes):
             route = context.original_route
             if isinstance(route, APIRoute) and "POST" in (context.methods or ()):
-                model = models.get(context.path or "")
-                if model is not None:
-                    self._targets[route.path] = (route, model)
-        assert len(self._targets) == len(models), "a posting route is missing"
+                posting = POSTINGS.get(context.path or "")
+                if posting is not None:
+                    self._targets[route.path] = (route, *posting)
+        assert len(self._targets) == len(POSTINGS), "a posting route is missing"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = None
@@ -90,14 +82,11 @@ class LeanPostingMiddleware:
         _SERVED.inc()
         messages, body = [], None  # the raw body is not kept while the posting waits
         principal, key, model = prepared
-        path = target[0].path
-        scope["route"] = target[0]  # the route template, for the request metrics
+        route, _, handler = target
+        scope["route"] = route  # the route template, for the request metrics
         try:
             await enforce_rate_limit(self.services, principal)
-            if isinstance(model, TransferBatchCreate):
-                response = await post_batch(self.services, principal.tenant_id, key, model)
-            else:
-                response = await post_single(self.services, principal.tenant_id, key, path, model)
+            response = await handler(self.services, principal.tenant_id, key, model)
         except Exception as error:
             handled = await handled_response(Request(scope), error)
             if handled is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -156,21 +156,18 @@ def transfer_command(body: TransferCreate) -> Transfer:
 
 
 BATCH_PATH = "/v1/transfers/batch"
-
-# One posting per request: its body model and the command it becomes. The routes below
-# and the lean path (:mod:`walletd.entrypoints.http.lean`) both serve them from here.
-SINGLE_POSTINGS: dict[str, tuple[type[BaseModel], Callable[[Any], PostingCommand]]] = {
-    "/v1/credits": (CreditCreate, credit_command),
-    "/v1/debits": (DebitCreate, debit_command),
-    "/v1/transfers": (TransferCreate, transfer_command),
+SINGLE_COMMANDS: dict[str, Callable[[Any], PostingCommand]] = {
+    "/v1/credits": credit_command,
+    "/v1/debits": debit_command,
+    "/v1/transfers": transfer_command,
 }
 
 
 async def post_single(
     services: Services, tenant_id: UUID, key: str, path: str, body: BaseModel
 ) -> Response:
-    """POST ``path`` (a key of :data:`SINGLE_POSTINGS`) with a validated ``body``."""
-    command = SINGLE_POSTINGS[path][1](body)
+    """POST ``path`` (a key of :data:`SINGLE_COMMANDS`) with a validated ``body``."""
+    command = SINGLE_COMMANDS[path](body)
     payload = body.model_dump(mode="json")
     return await _post("POST", path, services, tenant_id, key, payload, [command], render_single)
 
@@ -257,3 +254,23 @@ async def get_transaction(
         principal.tenant_id, path_uuid(transaction_id, "transaction")
     )
     return json_response(200, render.dumps(render.transaction_json(found)))
+
+
+PostingHandler = Callable[[Services, UUID, str, Any], Awaitable[Response]]
+
+
+def _single(path: str) -> PostingHandler:
+    async def handler(services: Services, tenant_id: UUID, key: str, body: Any) -> Response:
+        return await post_single(services, tenant_id, key, path, body)
+
+    return handler
+
+
+# Every posting route: its body model and what serves a validated body. The routes
+# above and the lean path (:mod:`walletd.entrypoints.http.lean`) both run these.
+POSTINGS: dict[str, tuple[type[BaseModel], PostingHandler]] = {
+    "/v1/credits": (CreditCreate, _single("/v1/credits")),
+    "/v1/debits": (DebitCreate, _single("/v1/debits")),
+    "/v1/transfers": (TransferCreate, _single("/v1/transfers")),
+    BATCH_PATH: (TransferBatchCreate, post_batch),
+}
