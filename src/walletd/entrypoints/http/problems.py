@@ -8,7 +8,7 @@ bare "internal error" — never a stack trace.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -118,7 +118,7 @@ async def _on_validation(request: Request, exc: Exception) -> Response:
 async def _on_walletd_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WalletdError)
     if exc.status >= 500 and not isinstance(exc, Unavailable):
-        return await _on_unexpected(request, exc)
+        return await unexpected_response(request, exc)
     return error_response(exc)
 
 
@@ -156,10 +156,6 @@ async def _on_unstorable_text(request: Request, exc: Exception) -> Response:
 
 async def unexpected_response(request: Request, exc: Exception) -> Response:
     """The 500 (or 503) for an exception nothing else handled; logged with the request id."""
-    return await _on_unexpected(request, exc)
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> Response:
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return error_response(Unavailable("a dependency did not answer in time"))
     request_id = request.scope.get(REQUEST_ID_KEY) or uuid.uuid4().hex
@@ -176,23 +172,29 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return problem_response(body)
 
 
-async def handled_response(request: Request, exc: Exception) -> Response | None:
-    """What the handlers installed below answer for ``exc`` short of the catch-all.
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+# Exceptions a handler (not the framework) raises, and their answers; the catch-all apart.
+RAISED_ERROR_HANDLERS: tuple[tuple[type[Exception], Handler], ...] = (
+    (WalletdError, _on_walletd_error),
+    *((unstorable, _on_unstorable_text) for unstorable in UNSTORABLE_TEXT_ERRORS),
+)
 
-    For code that runs outside the router (the lean posting path): ``None`` means
-    "re-raise", and the server-error middleware answers 500 exactly as for a route.
+
+async def handled_response(request: Request, exc: Exception) -> Response | None:
+    """The answer of :data:`RAISED_ERROR_HANDLERS` for ``exc``, for code outside the router.
+
+    Used by the lean posting path; ``None`` means "re-raise": the request middleware
+    then answers 500 exactly as for a route.
     """
-    if isinstance(exc, WalletdError):
-        return await _on_walletd_error(request, exc)
-    if isinstance(exc, UNSTORABLE_TEXT_ERRORS):
-        return await _on_unstorable_text(request, exc)
+    for kind, handler in RAISED_ERROR_HANDLERS:
+        if isinstance(exc, kind):
+            return await handler(request, exc)
     return None
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
-    app.add_exception_handler(WalletdError, _on_walletd_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
-    for unstorable in UNSTORABLE_TEXT_ERRORS:
-        app.add_exception_handler(unstorable, _on_unstorable_text)
-    app.add_exception_handler(Exception, _on_unexpected)
+    for kind, handler in RAISED_ERROR_HANDLERS:
+        app.add_exception_handler(kind, handler)
+    app.add_exception_handler(Exception, unexpected_response)
