@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=0, ge=0)
     outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
     outbox_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    outbox_linger_seconds: float = Field(default=0.02, ge=0, le=5)
     outbox_retention_hours: float = Field(default=168.0, gt=0)
     group_commit_max_batch: int = Field(default=256, ge=1, le=4096)
     group_commit_max_in_flight: int = Field(default=2, ge=1, le=64)

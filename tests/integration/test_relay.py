@@ -31,6 +31,7 @@ from tests.integration.relay_helpers import (
     outbox_event_ids,
     post_stream,
     read_topic,
+    stream_commands,
     tenant_entries,
     tenant_with_wallets,
     unpublished_count,
@@ -38,6 +39,7 @@ from tests.integration.relay_helpers import (
 from walletd.adapters.embedded import EmbeddedStack, ServiceEndpoints, free_port
 from walletd.adapters.kafka import EventPublisher, ensure_topic
 from walletd.adapters.postgres import Database
+from walletd.domain.commands import PostingCommand
 from walletd.service_layer.posting import PostingEngine
 from walletd.service_layer.relay import (
     ReplayFilter,
@@ -427,3 +429,51 @@ async def test_retention_deletes_only_old_published_rows(database: Database) -> 
         )]  # fmt: skip
     assert left == ids[8:]
     assert deleted >= 8
+
+
+async def test_leader_whose_session_is_cut_leads_again_and_loses_nothing(
+    database: Database, settings: Settings
+) -> None:
+    tenant_id, wallets = await tenant_with_wallets(database, 4)
+    engine = PostingEngine(database)
+    async with relay_task(settings):
+        first = await post_stream(engine, tenant_id, wallets, 10)
+        await eventually(lambda: drained(database, tenant_id), 10, "first stream published")
+        async with database.connection() as connection:
+            leader = await relay_leader(connection)
+            assert leader is not None
+            # The leader reads and marks on this very session: cut it mid-flight.
+            assert await connection.fetchval("SELECT pg_terminate_backend($1)", leader[0])
+        second = await post_stream(engine, tenant_id, wallets, 10, start=10)
+        await eventually(lambda: drained(database, tenant_id), 15, "published after the cut")
+        async with database.connection() as connection:
+            new_leader = await relay_leader(connection)
+        assert new_leader is not None and new_leader[0] != leader[0]
+    assert settings.kafka_bootstrap is not None
+    received = await asyncio.to_thread(
+        read_topic, settings.kafka_bootstrap, settings.kafka_topic,
+        expected=first + second, deadline_seconds=15, keep=of_tenant(tenant_id),
+    )  # fmt: skip
+    assert {r.id for r in received} == set(await outbox_event_ids(database, tenant_id))
+    assert_wallet_order(received)
+
+
+async def test_relay_lingers_after_a_busy_batch_only(
+    database: Database, settings: Settings
+) -> None:
+    linger = 2.0
+    lingering = settings.model_copy(update={"outbox_linger_seconds": linger})
+    tenant_id, wallets = await tenant_with_wallets(database, 4)
+    engine = PostingEngine(database)
+
+    async def publish_seconds(commands: list[PostingCommand]) -> float:
+        await engine.post(tenant_id, commands)
+        return await eventually(lambda: drained(database, tenant_id), 10, "published")
+
+    async with relay_task(lingering):
+        busy = [command for index in range(5) for command in stream_commands(wallets, index)]
+        await publish_seconds(busy)  # 20 events in one commit: a busy batch
+        after_busy = await publish_seconds(stream_commands(wallets, 5)[:1])
+        after_quiet = await publish_seconds(stream_commands(wallets, 6)[:1])
+    assert after_busy >= linger / 2, "the batch after a busy one waits for more to gather"
+    assert after_quiet < linger / 2, "after a quiet batch the next one goes at once"

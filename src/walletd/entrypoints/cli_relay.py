@@ -15,6 +15,7 @@ from uuid import UUID
 
 import structlog
 import typer
+import uvloop
 
 from walletd.errors import WalletdError
 from walletd.runtime import settle_heap
@@ -91,7 +92,8 @@ def relay(
         except OSError as error:
             _fail("relay", f"cannot serve metrics on 127.0.0.1:{metrics_port}: {error}")
     try:
-        asyncio.run(_relay_until_signalled(settings))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(_relay_until_signalled(settings))
     except WalletdError as error:
         _fail("relay", error.detail)
 

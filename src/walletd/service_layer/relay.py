@@ -2,12 +2,15 @@
 
 Several relays may run; the one holding a PostgreSQL session advisory lock (on a
 dedicated connection that also LISTENs on ``walletd_outbox``) publishes, the others
-retry the lock every second. The leader loops: check the lock connection, read up to
+retry the lock every second. The leader loops on that same connection: read up to
 ``outbox_batch_size`` unpublished rows by id, hand them to the idempotent producer,
 wait (bounded) for the broker's acknowledgements, then mark published the
-acknowledged prefix only. Anything after the first unacknowledged row is abandoned
-and read again after a bounded exponential backoff, so no row is ever skipped and,
-for one message key, a row is never published before a smaller id of that key.
+acknowledged prefix only. A read that succeeds on the lock's own session proves the
+lock is still held, so a busy cycle costs two round trips and no pool checkout.
+Anything after the first unacknowledged row is abandoned and read again after a
+bounded exponential backoff, so no row is ever skipped and, for one message key, a
+row is never published before a smaller id of that key. After a short but busy
+batch the leader lingers (``outbox_linger_seconds``) so that the next one is bigger.
 
 :func:`replay_events` republishes stored events (same ids, same payloads) in id order.
 """
@@ -32,7 +35,7 @@ import structlog
 
 from walletd.adapters import relay_metrics
 from walletd.adapters.kafka import BrokerUnavailable, EventPublisher, OutboundMessage, ensure_topic
-from walletd.adapters.postgres import UNAVAILABLE_ERRORS, Database
+from walletd.adapters.postgres import UNAVAILABLE_ERRORS, Database, init_connection
 from walletd.errors import Unavailable
 from walletd.settings import Settings
 
@@ -47,6 +50,8 @@ LOCK_QUERY_TIMEOUT_SECONDS = 2.0
 WAIT_SLICE_SECONDS = 1.0
 # Waits of kafka_timeout_seconds for one batch before abandoning its unacknowledged rest.
 MAX_WAIT_ATTEMPTS = 6
+# A short batch at least this big means steady traffic: linger before the next read.
+LINGER_MIN_ROWS = 16
 BACKOFF_INITIAL_SECONDS = 0.1
 BACKOFF_MAX_SECONDS = 5.0
 GAUGE_REFRESH_SECONDS = 1.0
@@ -146,7 +151,7 @@ class LeaderLock:
     """A dedicated connection holding (or trying for) the relay's session advisory lock."""
 
     def __init__(self, connection: asyncpg.Connection) -> None:
-        self._connection = connection
+        self.connection = connection
 
     @classmethod
     async def connect(cls, database_url: str, timeout_seconds: float) -> LeaderLock:
@@ -156,20 +161,25 @@ class LeaderLock:
             command_timeout=timeout_seconds,
             server_settings={"application_name": f"walletd-relay:{os.getpid()}"},
         )
+        try:
+            await init_connection(connection)
+        except BaseException:
+            connection.terminate()
+            raise
         return cls(connection)
 
     async def try_acquire(self) -> bool:
-        acquired: bool = await self._connection.fetchval(
+        acquired: bool = await self.connection.fetchval(
             "SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY, timeout=LOCK_QUERY_TIMEOUT_SECONDS
         )
         return acquired
 
     async def alive(self) -> bool:
         """True when the session (hence the lock) still exists: one bounded round trip."""
-        if self._connection.is_closed():
+        if self.connection.is_closed():
             return False
         try:
-            await self._connection.fetchval("SELECT 1", timeout=LOCK_QUERY_TIMEOUT_SECONDS)
+            await self.connection.fetchval("SELECT 1", timeout=LOCK_QUERY_TIMEOUT_SECONDS)
         except DATABASE_ERRORS:
             return False
         return True
@@ -178,14 +188,14 @@ class LeaderLock:
         def callback(_connection: Any, _pid: int, _channel: str, _payload: str) -> None:
             on_notify()
 
-        await self._connection.add_listener(NOTIFY_CHANNEL, callback)
+        await self.connection.add_listener(NOTIFY_CHANNEL, callback)
 
     async def close(self) -> None:
         """Close the session, which releases the lock; never blocks for long."""
         try:
-            await self._connection.close(timeout=LOCK_QUERY_TIMEOUT_SECONDS)
+            await self.connection.close(timeout=LOCK_QUERY_TIMEOUT_SECONDS)
         except DATABASE_ERRORS:
-            self._connection.terminate()
+            self.connection.terminate()
 
 
 @dataclass(slots=True)
@@ -274,30 +284,34 @@ class Relay:
         publisher = self.publisher_factory()
         backoff = Backoff()
         try:
-            while not self.stopping and await lock.alive():
+            while not self.stopping:
                 if publisher.fatal_error is not None:
                     logger.error("relay.producer_fatal", error=str(publisher.fatal_error))
                     await asyncio.to_thread(publisher.close)
                     publisher = self.publisher_factory()
                 wake.clear()
-                full_batch = await self._cycle(publisher, lock, backoff)
-                if full_batch is None:
+                published = await self._cycle(publisher, lock, backoff)
+                if published is None:
+                    if not await lock.alive():
+                        return
                     await self._pause(backoff.next_delay_seconds())
                     continue
                 backoff.reset()
                 await self._apply_retention()
-                if not full_batch:
+                if published < self.settings.outbox_batch_size:
                     await self._pause(self.settings.outbox_poll_seconds, wake)
+                    if published >= LINGER_MIN_ROWS and self.settings.outbox_linger_seconds:
+                        await self._pause(self.settings.outbox_linger_seconds)
         finally:
             await asyncio.to_thread(publisher.close)
 
     async def _cycle(
         self, publisher: EventPublisher, lock: LeaderLock, backoff: Backoff
-    ) -> bool | None:
-        """One batch: True when full (more may wait), False when short, None on failure."""
+    ) -> int | None:
+        """One batch: how many rows it published, or None when it failed."""
         batch_size = self.settings.outbox_batch_size
         try:
-            rows = await fetch_unpublished(self.database, batch_size)
+            rows = await fetch_unpublished(lock.connection, batch_size)
             published = await self._publish(publisher, lock, rows) if rows else 0
         except DATABASE_ERRORS as error:
             relay_metrics.PUBLISH_FAILURES.inc()
@@ -306,7 +320,7 @@ class Relay:
         if published < len(rows):
             relay_metrics.PUBLISH_FAILURES.inc()
             return None
-        return len(rows) == batch_size
+        return published
 
     async def _publish(
         self, publisher: EventPublisher, lock: LeaderLock, rows: Sequence[OutboxRow]
@@ -333,7 +347,7 @@ class Relay:
             )  # fmt: skip
             await asyncio.to_thread(publisher.abandon)
         if acknowledged:
-            await mark_published(self.database, [row.id for row in rows[:acknowledged]])
+            await mark_published(lock.connection, [row.id for row in rows[:acknowledged]])
             relay_metrics.EVENTS_PUBLISHED.inc(acknowledged)
         return acknowledged
 
@@ -375,20 +389,18 @@ def _describe(error: BaseException) -> str:
     return " ".join(f"{type(error).__name__}: {error}".split())
 
 
-async def fetch_unpublished(database: Database, limit: int) -> list[OutboxRow]:
+async def fetch_unpublished(connection: asyncpg.Connection, limit: int) -> list[OutboxRow]:
     """The first ``limit`` unpublished rows in id order."""
     assert 1 <= limit <= 10_000
-    async with database.connection() as connection:
-        records = await connection.fetch(FETCH_UNPUBLISHED, limit)
+    records = await connection.fetch(FETCH_UNPUBLISHED, limit)
     rows = [OutboxRow.from_record(record) for record in records]
     assert all(a.id < b.id for a, b in itertools.pairwise(rows))
     return rows
 
 
-async def mark_published(database: Database, ids: Sequence[int]) -> None:
+async def mark_published(connection: asyncpg.Connection, ids: Sequence[int]) -> None:
     assert 0 < len(ids) <= 10_000
-    async with database.connection() as connection:
-        await connection.execute(MARK_PUBLISHED, list(ids))
+    await connection.execute(MARK_PUBLISHED, list(ids))
 
 
 async def delete_retained(database: Database, retention_hours: float) -> int:
