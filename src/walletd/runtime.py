@@ -1,8 +1,5 @@
 """Process-wide helpers of long-running walletd processes (API workers, relay).
 
-:func:`process_unique_id` makes ids that no other live process makes, without a system
-call per id (request ids, Redis lock tokens): they need uniqueness, not secrecy.
-
 :func:`settle_heap` tunes the garbage collector once start-up is done.
 
 CPython's cycle collector walks every tracked object in its oldest generation. An API
@@ -17,9 +14,6 @@ at once, and cycles are still collected, just among objects made after start-up.
 from __future__ import annotations
 
 import gc
-import itertools
-import os
-import secrets
 from typing import Final
 
 # Young collections every 10,000 net allocations (CPython's default is 700); the older
@@ -32,21 +26,3 @@ def settle_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-class _ProcessUniqueIds:
-    """A random prefix per process (renewed in a forked child), then a counter."""
-
-    def __init__(self) -> None:
-        self._pid = -1
-        self._prefix = ""
-        self._counter = itertools.count()
-
-    def __call__(self) -> str:
-        if self._pid != os.getpid():
-            self._pid, self._prefix = os.getpid(), secrets.token_hex(10)
-        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFF:012x}"
-
-
-process_unique_id = _ProcessUniqueIds()
-"""32 hex digits: 80 random bits for the process, 48 bits of counter."""

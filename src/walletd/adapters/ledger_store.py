@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import orjson
@@ -20,6 +20,7 @@ import orjson
 from walletd.domain.events import OutboxEvent
 from walletd.domain.ledger import Entry, Limits, WalletState, WalletStatus
 from walletd.domain.records import Transaction
+from walletd.ids import new_id
 
 WALLET_STATE_COLUMNS = """
     id, tenant_id, currency, is_system, status, balance, held_balance, overdraft_limit,
@@ -182,7 +183,7 @@ async def ensure_system_wallet(
     then sees a wallet that a concurrent first use committed meanwhile.
     """
     assert not connection.is_in_transaction()
-    await connection.execute(INSERT_SYSTEM_WALLET, uuid4(), tenant_id, currency, at)
+    await connection.execute(INSERT_SYSTEM_WALLET, new_id(), tenant_id, currency, at)
     wallet_id: UUID | None = await connection.fetchval(SELECT_SYSTEM_WALLET, tenant_id, currency)
     assert wallet_id is not None
     return wallet_id

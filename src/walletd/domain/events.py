@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from walletd.domain.hashing import canonical_timestamp
 from walletd.domain.records import Transaction
+from walletd.ids import new_id
 
 EVENT_SOURCE = "walletd"
 
@@ -28,7 +29,7 @@ class OutboxEvent:
 
 def cloud_event(event_type: str, subject: UUID, at: datetime, data: dict[str, Any]) -> OutboxEvent:
     """Wrap ``data`` in a CloudEvents 1.0 envelope keyed by ``subject`` (a wallet id)."""
-    event_id = uuid4()
+    event_id = new_id()
     payload = {
         "specversion": "1.0",
         "id": str(event_id),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Literal
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from walletd.domain.hashing import canonical_entry, chain_hash
 from walletd.domain.money import checked_balance
@@ -27,6 +27,7 @@ from walletd.errors import (
     WalletClosed,
     WalletFrozen,
 )
+from walletd.ids import new_id
 
 TransactionType = Literal["credit", "debit", "transfer", "capture", "reversal"]
 
@@ -200,7 +201,7 @@ def check_movement(
 
 def append_entry(wallet: WalletState, transaction_id: UUID, amount: int, at: datetime) -> Entry:
     """Add one entry to ``wallet``'s chain and return it; the wallet moves on."""
-    entry_id = uuid4()
+    entry_id = new_id()
     balance_after = checked_balance(wallet.balance + amount)
     version = wallet.version + 1
     digest = chain_hash(

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import structlog
@@ -29,6 +29,7 @@ from walletd.domain.events import OutboxEvent, cloud_event, entry_events
 from walletd.domain.ledger import Movement, WalletState, place_hold, post_movement, release_hold
 from walletd.domain.records import Hold, Transaction
 from walletd.errors import HoldNotPending, NotFound, Unavailable, ValidationFailed, WalletdError
+from walletd.ids import new_id
 from walletd.service_layer.idempotency import (
     DuplicateKey,
     IdempotentRequest,
@@ -135,7 +136,7 @@ class HoldService:
                 raise ValidationFailed("expires_at must be in the future")
             place_hold(wallet, amount, currency, at)
             hold = Hold(
-                uuid4(),
+                new_id(),
                 tenant_id,
                 wallet_id,
                 amount,
@@ -353,7 +354,7 @@ def _capture_transaction(
     at: datetime,
 ) -> Transaction:
     """Apply ``movement`` to ``states`` (or raise, changing nothing) as a capture."""
-    transaction_id = uuid4()
+    transaction_id = new_id()
     entries = post_movement(states, movement, transaction_id, at)
     return Transaction(
         id=transaction_id,

@@ -23,7 +23,7 @@ import structlog
 from prometheus_client import Counter
 
 from walletd.adapters.redis_client import RedisClient, RedisUnavailable
-from walletd.runtime import process_unique_id
+from walletd.ids import process_unique_id
 from walletd.service_layer.idempotency import IdempotentRequest, StoredAnswer
 
 logger = structlog.get_logger("walletd.idempotency")

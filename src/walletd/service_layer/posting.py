@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 
@@ -35,6 +35,7 @@ from walletd.domain.ledger import Entry, Movement, WalletState, post_movement
 from walletd.domain.records import Transaction
 from walletd.domain.risk import RiskRule, hold_for_review, review_event
 from walletd.errors import IdempotencyKeyInUse, NotFound, WalletdError
+from walletd.ids import new_id
 from walletd.service_layer.idempotency import (
     DuplicateKey,
     IdempotentRequest,
@@ -287,7 +288,7 @@ class PostingEngine:
                 or (state.is_system and not _is_system_leg(command, wallet_id))
             ):
                 raise NotFound(f"wallet {wallet_id} not found")
-        transaction_id = uuid4()
+        transaction_id = new_id()
         screen = group.screens[tenant_id]
         review_rule = screen.check(movement, states[movement.source_id], at)
         entries: list[Entry] = []

@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 
@@ -25,6 +25,7 @@ from walletd.domain.events import entry_events
 from walletd.domain.ledger import Movement, WalletState, post_movement
 from walletd.domain.records import Transaction
 from walletd.errors import AlreadyReversed, InsufficientFunds, NotFound, ValidationFailed
+from walletd.ids import new_id
 from walletd.service_layer.idempotency import (
     DuplicateKey,
     IdempotentRequest,
@@ -154,7 +155,7 @@ def _post_reversal(
     """Apply the mirror movement to ``states``; raise (changing nothing) when it may not."""
     for wallet_id in (movement.source_id, movement.destination_id):
         assert wallet_id in states, f"wallet {wallet_id} of {original.id} is missing"
-    reversal_id = uuid4()
+    reversal_id = new_id()
     try:
         entries = post_movement(states, movement, reversal_id, at)
     except InsufficientFunds as error:

@@ -12,11 +12,12 @@ import hmac
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 
 from walletd.errors import Unauthorized, ValidationFailed
+from walletd.ids import new_id
 
 SCOPES = ("read", "write", "admin")
 KEY_PREFIX = "wdk"
@@ -75,8 +76,8 @@ async def create_api_key(
     if not 1 <= len(tenant_name) <= 200:
         raise ValidationFailed("tenant name must be 1 to 200 characters")
     async with connection.transaction():
-        tenant_id: UUID = await connection.fetchval(ENSURE_TENANT, uuid4(), tenant_name)
-        key_id = uuid4()
+        tenant_id: UUID = await connection.fetchval(ENSURE_TENANT, new_id(), tenant_name)
+        key_id = new_id()
         random_part = secrets.token_urlsafe(32)
         await connection.execute(
             INSERT_KEY, key_id, tenant_id, _hash_secret(random_part), list(scopes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from walletd.adapters import admin_log, outbox_store, wallet_store
 from walletd.adapters.postgres import Database
@@ -17,6 +17,7 @@ from walletd.domain.events import cloud_event
 from walletd.domain.ledger import Limits, WalletStatus
 from walletd.domain.records import Wallet
 from walletd.errors import NotFound, WalletClosed, WalletNotEmpty
+from walletd.ids import new_id
 from walletd.service_layer.idempotency import IdempotentRequest, claim_key, store_answer
 from walletd.service_layer.tenants import Principal
 
@@ -64,7 +65,7 @@ class WalletService:
             await claim_key(uow.connection, tenant_id, request)
             wallet = await wallet_store.insert_wallet(
                 uow.connection,
-                wallet_id=uuid4(),
+                wallet_id=new_id(),
                 tenant_id=tenant_id,
                 currency=currency,
                 owner_id=owner_id,

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from walletd.adapters.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from walletd.entrypoints.http.problems import REQUEST_ID_KEY, unexpected_response
-from walletd.runtime import process_unique_id
+from walletd.ids import process_unique_id
 
 
 class ObserveMiddleware:
