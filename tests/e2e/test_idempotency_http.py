@@ -405,11 +405,11 @@ async def test_a_hung_redis_costs_a_bounded_timeout_and_the_database_answers(
     settings = Settings(database_url=database_url, redis_url=hung_url, redis_timeout_seconds=0.05)
     name = "walletd_idempotency_redis_fallbacks_total"
     try:
-        async with api_harness(settings) as harness:  # its start-up PING times out: failure 1
+        async with api_harness(settings) as harness:  # its start-up script load times out: failure 1
             api = Api("redis_hung", harness, hung_url, database_url)
             before = [await api.metric(name, reason=r) for r in ("timeout", "circuit_open")]
             tenant = await harness.tenant()
-            wallet = await tenant.wallet()  # claim and finish time out: failures 2 and 3
+            wallet = await tenant.wallet()  # its claim times out (failure 2), finish queued
             started = time.perf_counter()
             first = await tenant.post("/v1/credits", credit_body(wallet, 9), idempotency_key="h")
             retry = await tenant.post("/v1/credits", credit_body(wallet, 9), idempotency_key="h")
@@ -420,4 +420,10 @@ async def test_a_hung_redis_costs_a_bounded_timeout_and_the_database_answers(
     assert first.status_code == 201
     assert_replay_of(retry, first)
     assert elapsed < 1.0  # the breaker is open: no Redis deadline is paid any more
-    assert after == [before[0] + 1, before[1] + 2]
+    # Each of the three requests (wallet, first, retry) fell back once. The wallet's
+    # claim timed out; the first one's claim may share a round trip with the wallet's
+    # queued finish (a timeout) or come after it (circuit open); the retry finds the
+    # breaker open.
+    timeouts, refused = after[0] - before[0], after[1] - before[1]
+    assert timeouts + refused == 3
+    assert timeouts >= 1 and refused >= 1

@@ -234,6 +234,44 @@ async def test_a_failing_script_call_fails_alone(redis_client: RedisClient) -> N
     assert isinstance(replies[1], RedisUnavailable) and replies[1].reason == "error"
 
 
+async def test_sent_calls_keep_their_order_and_close_sends_what_is_queued(
+    endpoints: ServiceEndpoints, raw_redis: redis_asyncio.Redis
+) -> None:
+    client = RedisClient(endpoints.redis_url, timeout_seconds=0.5)
+    script = client.script("return redis.call('RPUSH', KEYS[1], ARGV[1])")
+    failures: list[RedisUnavailable] = []
+    key = f"walletd:test:order:{uuid.uuid4()}"
+    for n in range(300):  # several pipelines' worth, none of them awaited
+        client.send_script(script, [key], [str(n)], on_failure=failures.append)
+    await client.close()
+    assert await raw_redis.lrange(key, 0, -1) == [str(n).encode() for n in range(300)]
+    assert failures == []
+
+
+async def test_a_sent_call_that_fails_is_reported(redis_client: RedisClient) -> None:
+    script = redis_client.script("return redis.error_reply('refused')")
+    failures: list[RedisUnavailable] = []
+    redis_client.send_script(script, [], [], on_failure=failures.append)
+    assert await redis_client.run_script(redis_client.script("return 1"), [], []) == 1
+    assert [failure.reason for failure in failures] == ["error"]
+
+
+async def test_finish_soon_is_seen_by_the_next_claim_of_this_process(
+    cache: IdempotencyCache, raw_redis: redis_asyncio.Redis
+) -> None:
+    await raw_redis.script_flush()
+    assert await cache.load_scripts()  # as at start: the finish script is in Redis
+    tenant_id, request = uuid.uuid4(), credit_request(f"k-{uuid.uuid4()}")
+    first = await cache.claim(tenant_id, request)
+    assert first.outcome is ClaimOutcome.LOCKED
+    cache.finish_soon(tenant_id, request, first, (201, b'{"id":"t2"}'))
+    # Not awaited, yet queued ahead of the retry's claim: the retry replays.
+    retry = await cache.claim(tenant_id, request)
+    assert retry.outcome is ClaimOutcome.REPLAY
+    assert retry.answer is not None and retry.answer.body == b'{"id":"t2"}'
+    assert await raw_redis.exists(redis_keys(tenant_id, request.key)[1]) == 0
+
+
 # ------------------------------------------------------------------------ Redis cache
 
 

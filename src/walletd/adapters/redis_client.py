@@ -14,12 +14,19 @@ Callers (idempotency, rate limiting, counters) catch :class:`RedisUnavailable`, 
 Lua scripts run through :meth:`RedisClient.run_script` are *batched*: calls made while a
 round trip is in flight wait for it to end and then travel together as one pipeline
 (one pass through redis-py and one breaker verdict for all of them). Under load most
-requests share a round trip; alone, a call costs what it did before.
+requests share a round trip; alone, a call costs what it did before. A call whose
+reply nobody needs goes through :meth:`RedisClient.send_script`: it is queued the same
+way, in order with the others, but its caller does not wait for it; :meth:`close`
+sends what is still queued (bounded by the timeout) before it closes. Calls reach Redis
+in the order they were queued, except a call of a script Redis does not have (after a
+restart or ``SCRIPT FLUSH``): it fails with NOSCRIPT and is sent again once the script
+is loaded, after the calls that followed it (:meth:`load_scripts` loads them up front).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -190,11 +197,39 @@ class RedisClient:
         Raises :class:`RedisUnavailable` like :meth:`call`; a script error fails only
         its own call, with reason ``error``.
         """
+        return await self._enqueue(script, keys, args)
+
+    def send_script(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        on_failure: Callable[[RedisUnavailable], None],
+    ) -> None:
+        """Queue an EVALSHA like :meth:`run_script` without waiting for its reply.
+
+        Calls of this process reach Redis in the order they were queued (module
+        docstring), so a later call sees this one's effect. ``on_failure`` hears of a
+        failed call.
+        """
+
+        def settled(reply: asyncio.Future[Any]) -> None:
+            if reply.cancelled():
+                return
+            error = reply.exception()
+            if isinstance(error, RedisUnavailable):
+                on_failure(error)
+
+        self._enqueue(script, keys, args).add_done_callback(settled)
+
+    def _enqueue(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]
+    ) -> asyncio.Future[Any]:
         reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.append(_ScriptCall(script, keys, args, reply))
         if self._draining is None:
             self._draining = asyncio.create_task(self._drain(), name="walletd-redis-scripts")
-        return await reply
+        return reply
 
     async def _drain(self) -> None:
         """Send the queued calls, a pipeline at a time, until none is left."""
@@ -261,6 +296,19 @@ class RedisClient:
         REDIS_CALL_FAILURES.labels(reason).inc()
         return RedisUnavailable(reason, f"{type(error).__name__}: {error}")
 
+    async def load_scripts(self, *scripts: AsyncScript) -> bool:
+        """SCRIPT LOAD each of ``scripts``; False when Redis cannot be reached (never raises)."""
+
+        async def load(redis: Redis) -> None:
+            for script in scripts:
+                script.sha = await redis.script_load(script.script)
+
+        try:
+            await self.call(load)
+        except RedisUnavailable:
+            return False
+        return True
+
     async def ping(self) -> bool:
         """True when Redis answers PING within the deadline (never raises)."""
         try:
@@ -269,8 +317,13 @@ class RedisClient:
             return False
 
     async def close(self) -> None:
+        """Send the calls still queued (within the timeout), then close the connections."""
+        if self._draining is not None:
+            await asyncio.wait({self._draining}, timeout=self.timeout_seconds)
         if self._draining is not None:
             self._draining.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._draining
         await self._redis.aclose()
 
 

@@ -121,9 +121,10 @@ async def run_idempotent_at(
         response = await _execute_or_replay(services, tenant_id, request, execute)
         answer = _answer(response)
     finally:
-        # Also on failure: a lock we hold is released now rather than at its TTL.
+        # Also on failure: a lock we hold is released now rather than at its TTL. The
+        # answer is in PostgreSQL already, so the client need not wait for Redis.
         if cache is not None:
-            await cache.finish(tenant_id, request, claim, answer)
+            cache.finish_soon(tenant_id, request, claim, answer)
     return response
 
 
@@ -180,7 +181,7 @@ async def _answer_in_use(
     """
     response = await _replay_from_database(services, tenant_id, request)
     if cache is not None:
-        await cache.finish(tenant_id, request, Claim(ClaimOutcome.IN_USE), _answer(response))
+        cache.finish_soon(tenant_id, request, Claim(ClaimOutcome.IN_USE), _answer(response))
     return response
 
 
@@ -213,12 +214,13 @@ async def start_idempotency(services: Services) -> None:
                 settings.redis_url, timeout_seconds=settings.redis_timeout_seconds
             )
             services.extras[REDIS_EXTRA] = redis
-        services.extras[CACHE_EXTRA] = IdempotencyCache(
+        cache = IdempotencyCache(
             redis,
             retention_seconds=retention_seconds,
             lock_seconds=settings.idempotency_lock_seconds,
         )
-        if not await redis.ping():
+        services.extras[CACHE_EXTRA] = cache
+        if not await cache.load_scripts():
             logger.warning("redis_unreachable_at_start", fallback="postgresql")
     pruner = asyncio.create_task(
         run_pruner(services.database, retention_seconds), name="walletd-idempotency-pruner"
