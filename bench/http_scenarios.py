@@ -87,18 +87,30 @@ def audit_command() -> tuple[list[str], str] | None:
     return None
 
 
-def service_env(endpoints_env: Mapping[str, str], run_dir: Path) -> dict[str, str]:
-    """Environment of the API and relay: the embedded servers, pools sized for 64 clients."""
-    metrics_dir = run_dir / "prometheus"
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("WALLETD_")}
+def service_env(
+    endpoints_env: Mapping[str, str], run_dir: Path, api_workers: int
+) -> dict[str, str]:
+    """Environment of the API and relay: the embedded servers, pools sized for 64 clients.
+
+    Prometheus runs in multi-process mode (files under the run directory) only with
+    several API workers, as ``walletd serve`` itself chooses: one worker counts in
+    memory, without a file write and a pid check per update.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("WALLETD_") and key != "PROMETHEUS_MULTIPROC_DIR"
+    }
     env.update(endpoints_env)
     env.update(
         WALLETD_DATABASE_POOL_MIN=str(POOL_MIN),
         WALLETD_DATABASE_POOL_MAX=str(POOL_MAX),
         WALLETD_LOG_LEVEL="WARNING",
-        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
     )
+    if api_workers > 1:
+        metrics_dir = run_dir / "prometheus"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     return env
 
 

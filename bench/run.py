@@ -119,7 +119,9 @@ def section_raw(ctx: Context) -> dict[str, Any]:
 
 def start_services(ctx: Context) -> None:
     """API (``--workers N``) and relay as subprocesses, and the bench tenant's key."""
-    env = http_scenarios.service_env(ctx.stack.endpoints.as_env(), ctx.run_dir)
+    env = http_scenarios.service_env(
+        ctx.stack.endpoints.as_env(), ctx.run_dir, ctx.config.api_workers
+    )
     token, tenant_id = http_scenarios.create_key(env)
     api = http_scenarios.start_api(ctx.children, env, free_port(), ctx.config.api_workers, ctx.logs)
     api.token, api.tenant_id = token, tenant_id
