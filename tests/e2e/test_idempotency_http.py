@@ -405,7 +405,7 @@ async def test_a_hung_redis_costs_a_bounded_timeout_and_the_database_answers(
     settings = Settings(database_url=database_url, redis_url=hung_url, redis_timeout_seconds=0.05)
     name = "walletd_idempotency_redis_fallbacks_total"
     try:
-        async with api_harness(settings) as harness:  # its start-up script load times out: failure 1
+        async with api_harness(settings) as harness:  # start-up script load times out: failure 1
             api = Api("redis_hung", harness, hung_url, database_url)
             before = [await api.metric(name, reason=r) for r in ("timeout", "circuit_open")]
             tenant = await harness.tenant()
