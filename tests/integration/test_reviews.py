@@ -26,7 +26,7 @@ from walletd.errors import (
     ValidationFailed,
     WalletFrozen,
 )
-from walletd.service_layer.posting import ItemFailure, PostingEngine, PostingResult
+from walletd.service_layer.posting import ItemFailure, PostingEngine, PostingRequest, PostingResult
 from walletd.service_layer.reviews import ReviewService
 from walletd.service_layer.risk_rules import RiskRuleService
 from walletd.service_layer.tenants import Principal, create_api_key
@@ -407,3 +407,33 @@ async def test_pending_reviews_are_listed_oldest_first_in_pages(desk: Desk) -> N
     assert [tx.id for tx in second_page] == created[2:]
     await desk.reviews.decide(desk.principal, created[0], "approve", None)
     assert [tx.id for tx in await desk.reviews.pending(desk.tenant_id, None, 10)] == created[1:]
+
+
+async def test_one_group_screens_each_tenant_with_its_own_rules(
+    desk: Desk, database: Database
+) -> None:
+    strict = desk
+    async with database.connection() as connection:
+        key = await create_api_key(connection, f"reviews-{uuid4().hex[:12]}", ["admin"])
+    lax = Desk(database, Principal(key.key_id, key.tenant_id, frozenset(key.scopes)))
+    await strict.rules.replace(strict.principal, [BIG_DEBITS])
+    payers = [await strict.wallet(funded=5_000), await lax.wallet(funded=5_000)]
+    payees = [await strict.wallet(), await lax.wallet()]
+    engine = PostingEngine(database)
+    # One transaction for both tenants: the lock statement reads the strict tenant's
+    # rules, and the lax tenant has none.
+    outcomes = await engine.post_group(
+        [
+            PostingRequest(owner.tenant_id, [Transfer(payer, payee, 1_000, "EUR")])
+            for owner, payer, payee in zip((strict, lax), payers, payees, strict=True)
+        ]
+    )
+    held, posted = (outcome[0] for outcome in outcomes if isinstance(outcome, list))
+    assert isinstance(held, Transaction) and isinstance(posted, Transaction)
+    assert (held.status, held.review_rule) == ("pending_review", "big")
+    assert (posted.status, posted.review_rule) == ("posted", None)
+    assert await strict.balances(payers[0]) == (5_000, 1_000, 1)
+    assert await lax.balances(payers[1]) == (4_000, 0, 2)
+    # Credits alone are not screened: the strict tenant's big credit is posted.
+    (credit,) = await strict.post(Credit(payees[0], 2_000, "EUR"))
+    assert isinstance(credit, Transaction) and credit.status == "posted"

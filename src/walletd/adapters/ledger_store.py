@@ -35,12 +35,16 @@ ORDER BY id
 FOR UPDATE
 """
 
+# The group's wallets, locked in id order, each with its tenant's risk rules (as text)
+# when the tenant is in $2 (it has something to screen): rules and locks in one trip.
 LOCK_ANY_WALLETS = f"""
-SELECT {WALLET_STATE_COLUMNS}
-FROM wallets
-WHERE id = ANY($1::uuid[])
-ORDER BY id
-FOR UPDATE
+SELECT {WALLET_STATE_COLUMNS},
+       (SELECT t.risk_rules::text FROM tenants t
+        WHERE t.id = w.tenant_id AND t.id = ANY($2::uuid[])) AS tenant_rules
+FROM wallets w
+WHERE w.id = ANY($1::uuid[])
+ORDER BY w.id
+FOR UPDATE OF w
 """
 
 COUNT_RECENT_DEBITS_MANY = """
@@ -159,11 +163,16 @@ async def lock_wallets(
 
 
 async def lock_any_wallets(
-    connection: asyncpg.Connection, wallet_ids: Iterable[UUID]
-) -> dict[UUID, WalletState]:
-    """Lock wallets of any tenant in id order (group commit); callers check the tenant."""
-    rows = await connection.fetch(LOCK_ANY_WALLETS, sorted(set(wallet_ids)))
-    return {row["id"]: wallet_state(row) for row in rows}
+    connection: asyncpg.Connection, wallet_ids: Iterable[UUID], rules_of: Iterable[UUID] = ()
+) -> tuple[dict[UUID, WalletState], dict[UUID, str]]:
+    """Lock wallets of any tenant in id order (group commit); callers check the tenant.
+
+    Also returns the stored risk rules (JSON text) of each tenant of ``rules_of`` that
+    owns one of the wallets, read by the same statement.
+    """
+    rows = await connection.fetch(LOCK_ANY_WALLETS, sorted(set(wallet_ids)), list(rules_of))
+    rules = {row["tenant_id"]: row["tenant_rules"] for row in rows if row["tenant_rules"]}
+    return {row["id"]: wallet_state(row) for row in rows}, rules
 
 
 async def count_recent_debits_many(

@@ -6,10 +6,10 @@ applies any number of requests — of any tenants — in ONE transaction: it loc
 wallet involved in id order, applies the pure rules of :mod:`walletd.domain.ledger` to
 each command in turn on the shared locked state — a failing command changes nothing,
 so its neighbours still get their exact answers — and writes everything with one
-statement. Round trips per group: BEGIN, lock, write, COMMIT; plus the risk rules of
-each tenant with a debit or transfer in the group (and recent recipients when a
-``distinct_recipients`` rule exists), and one count when a wallet has a per-minute
-limit. :mod:`walletd.service_layer.group_commit` gathers concurrent requests into
+statement. Round trips per group: BEGIN, lock (which also reads the risk rules of each
+tenant with a debit or transfer in the group), write, COMMIT; plus recent recipients
+when a ``distinct_recipients`` rule exists, and one count when a wallet has a
+per-minute limit. :mod:`walletd.service_layer.group_commit` gathers concurrent requests into
 groups. A debit or transfer that a risk rule sends to review is written as a
 ``pending_review`` transaction without entries, its amount held on the paying wallet
 (see docs/fraud-controls.md).
@@ -43,7 +43,12 @@ from walletd.service_layer.idempotency import (
     claim_key,
     is_duplicate_key,
 )
-from walletd.service_layer.risk_rules import RiskScreen, load_rules_for, load_screen
+from walletd.service_layer.risk_rules import (
+    RiskScreen,
+    load_screen,
+    rules_from_text,
+    screened_tenants,
+)
 
 if TYPE_CHECKING:
     from walletd.service_layer.group_commit import GroupCommitter
@@ -200,9 +205,13 @@ class PostingEngine:
         by_tenant: dict[UUID, list[Movement]] = defaultdict(list)
         for posting, movements in zip(postings, plans, strict=True):
             by_tenant[posting.tenant_id].extend(movements)
-        rules = await self._rules(connection, by_tenant)
         wallet_ids = {w for plan in plans for m in plan for w in (m.source_id, m.destination_id)}
-        states = await ledger_store.lock_any_wallets(connection, wallet_ids)
+        screened = screened_tenants(by_tenant)
+        states, stored = await ledger_store.lock_any_wallets(connection, wallet_ids, screened)
+        rules = {
+            tenant: rules_from_text(stored.get(tenant), tenant) if tenant in screened else ()
+            for tenant in by_tenant
+        }
         at = posting_time(list(states.values()))
         await self._load_minute_counts(connection, states, at)
         screens = await self._screens(connection, rules, by_tenant, at)
@@ -214,14 +223,6 @@ class PostingEngine:
             touched |= changed
         await self._write(connection, postings, outcomes, touched, states)
         return outcomes
-
-    async def _rules(
-        self, connection: asyncpg.Connection, by_tenant: dict[UUID, list[Movement]]
-    ) -> dict[UUID, tuple[RiskRule, ...]]:
-        return {
-            tenant: await load_rules_for(connection, tenant, movements)
-            for tenant, movements in by_tenant.items()
-        }
 
     async def _screens(
         self,

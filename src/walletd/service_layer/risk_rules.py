@@ -1,20 +1,22 @@
 """Risk rules use cases: read and replace a tenant's rules, and screen postings with them.
 
-The posting engine reads the rules with :func:`load_rules_for` once per call, inside
-its database transaction, builds the :class:`RiskScreen` with :func:`load_screen`
-after the wallet locks, then calls :meth:`RiskScreen.check` for each command. Rules
-are read in that same transaction (no cache), so a ``PUT`` applies to every posting
-that starts after it committed, in every process. The recipients query runs only when
+The posting engine reads each tenant's rules once per group, by the statement that
+locks the group's wallets (:func:`screened_tenants` says whose, :func:`rules_from_text`
+reads them), builds the :class:`RiskScreen` with :func:`load_screen` after the wallet
+locks, then calls :meth:`RiskScreen.check` for each command. Rules are read in that
+same transaction (no cache), so a ``PUT`` applies to every posting that starts after
+it committed, in every process. The recipients query runs only when
 a ``distinct_recipients`` rule exists and the call has transfers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from uuid import UUID
 
 import asyncpg
+import orjson
 import structlog
 
 from walletd.adapters import admin_log, review_store
@@ -107,17 +109,18 @@ def stored_rules(value: object, tenant_id: UUID) -> tuple[RiskRule, ...]:
         ) from error
 
 
-async def load_rules_for(
-    connection: asyncpg.Connection, tenant_id: UUID, movements: Sequence[Movement]
-) -> tuple[RiskRule, ...]:
-    """The tenant's rules, read only when the call has something to screen.
+def screened_tenants(by_tenant: Mapping[UUID, Sequence[Movement]]) -> set[UUID]:
+    """The tenants whose rules a group needs: those with a movement to screen."""
+    return {
+        tenant
+        for tenant, movements in by_tenant.items()
+        if any(movement.type in SCREENED_TYPES for movement in movements)
+    }
 
-    Called before the wallet locks: the rules need no lock, and reading them there
-    keeps the locks' hold time as short as it was.
-    """
-    if not any(movement.type in SCREENED_TYPES for movement in movements):
-        return ()
-    return stored_rules(await review_store.load_rules(connection, tenant_id), tenant_id)
+
+def rules_from_text(text: str | None, tenant_id: UUID) -> tuple[RiskRule, ...]:
+    """A tenant's stored rules from their JSON text (None: the tenant has none here)."""
+    return stored_rules(None if text is None else orjson.loads(text), tenant_id)
 
 
 async def load_screen(
