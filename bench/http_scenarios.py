@@ -28,6 +28,7 @@ import orjson
 from bench.common import REPO_ROOT, walletd_argv
 from bench.loadgen import fetch_all
 from bench.processes import Children, TreeSampler
+from bench.speed import SpeedProbe
 
 CURRENCY = "EUR"
 READY_TIMEOUT_SECONDS = 60.0
@@ -296,6 +297,7 @@ def run_load(
     spec_path = run_dir / f"loadgen-{name}-c{concurrency}.json"
     spec_path.write_bytes(orjson.dumps(spec))
     sampler = TreeSampler(roots, pss_trees=("api",)).start()
+    speed = SpeedProbe().start()
     process = children.start(
         [sys.executable, "-m", "bench.loadgen", str(spec_path)],
         os.environ,
@@ -308,10 +310,11 @@ def run_load(
     finally:
         children.stop(process)
         trees = sampler.stop()
+        machine_speed = speed.stop()
     if process.returncode != 0 or not output.strip():
         raise RuntimeError(f"load generator failed for {name} (code {process.returncode})")
     result: dict[str, Any] = json.loads(output)
-    result.update(scenario=name, processes=trees)
+    result.update(scenario=name, processes=trees, machine_speed_ms=machine_speed)
     result["other_cpu_share"] = other_cpu_share(trees, result.get("loadgen_cpu_seconds", 0.0))
     spec_path.unlink(missing_ok=True)
     return result

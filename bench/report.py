@@ -171,6 +171,7 @@ def raw_table(results: dict[str, Any]) -> Table:
         "PG CPU",
         "pgbench CPU",
         "others' CPU",
+        "speed ms",
     ):
         table.add_column(column, justify="right" if column != "scenario" else "left")
     for run in results.get("raw", {}).get("runs", []):
@@ -185,6 +186,7 @@ def raw_table(results: dict[str, Any]) -> Table:
             _f(processes.get("postgres", {}).get("cpu_share"), 2),
             _f(run.get("pgbench_cpu_share"), 2),
             _f(run.get("other_cpu_share"), 2),
+            _f(run.get("machine_speed_ms", {}).get("median_ms"), 2),
         )
     return table
 
@@ -206,6 +208,7 @@ def http_table(results: dict[str, Any], section: str, title: str) -> Table:
         "PG CPU",
         "others' CPU",
         "API RSS / PSS MB",
+        "speed ms",
     )
     for column in columns:
         table.add_column(column, justify="right" if column != "scenario" else "left")
@@ -227,6 +230,7 @@ def http_table(results: dict[str, Any], section: str, title: str) -> Table:
             _f(run.get("other_cpu_share"), 2),
             f"{_f(processes.get('api', {}).get('peak_rss_mb'), 0)}"
             f" / {_f(processes.get('api', {}).get('peak_pss_mb'), 0)}",
+            _f(run.get("machine_speed_ms", {}).get("median_ms"), 2),
         )
     return table
 

@@ -38,6 +38,7 @@ from bench.common import REPO_ROOT, RESULTS_DIR, Config, checkpoint
 from bench.http_scenarios import Api
 from bench.loadgen import fetch_all
 from bench.processes import Children, TreeSampler
+from bench.speed import SpeedProbe
 from walletd.adapters.embedded import EmbeddedStack, free_port
 from walletd.adapters.migrations import upgrade
 
@@ -99,6 +100,7 @@ def section_raw(ctx: Context) -> dict[str, Any]:
             console.log(f"raw SQL: {scenario} at concurrency {concurrency}")
             checkpoint(ctx.database_url)
             sampler = TreeSampler({"postgres": postgres.pid}).start()
+            speed = SpeedProbe().start()
             cpu_before, began = _children_cpu_seconds(), time.monotonic()
             settings = {
                 "port": postgres.port,
@@ -110,6 +112,7 @@ def section_raw(ctx: Context) -> dict[str, Any]:
             wall = time.monotonic() - began
             trees, pgbench_cpu = sampler.stop(), _children_cpu_seconds() - cpu_before
             run.update(scenario=scenario, concurrency=concurrency, processes=trees)
+            run["machine_speed_ms"] = speed.stop()
             run["pgbench_cpu_share"] = round(pgbench_cpu / wall, 3)
             run["other_cpu_share"] = http_scenarios.other_cpu_share(trees, pgbench_cpu)
             runs.append(run)
