@@ -34,7 +34,7 @@ import orjson
 from rich.console import Console
 
 from bench import big_wallet, http_scenarios, profile, raw_sql, report
-from bench.common import REPO_ROOT, RESULTS_DIR, Config, checkpoint
+from bench.common import REPO_ROOT, RESULTS_DIR, Config, settle_database
 from bench.http_scenarios import Api
 from bench.loadgen import fetch_all
 from bench.processes import Children, TreeSampler
@@ -98,7 +98,7 @@ def section_raw(ctx: Context) -> dict[str, Any]:
     for scenario in raw_sql.SCRIPTS:
         for concurrency in ctx.config.concurrency:
             console.log(f"raw SQL: {scenario} at concurrency {concurrency}")
-            checkpoint(ctx.database_url)
+            settle_database(ctx.database_url)
             sampler = TreeSampler({"postgres": postgres.pid}).start()
             speed = SpeedProbe().start()
             cpu_before, began = _children_cpu_seconds(), time.monotonic()
@@ -152,7 +152,7 @@ def section_http(ctx: Context) -> dict[str, Any]:
     for scenario in http_scenarios.SCENARIOS:
         for concurrency in ctx.config.concurrency:
             console.log(f"HTTP: {scenario} at concurrency {concurrency}")
-            checkpoint(ctx.database_url)
+            settle_database(ctx.database_url)
             runs.append(
                 http_scenarios.run_load(
                     ctx.children,
