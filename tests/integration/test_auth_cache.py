@@ -54,9 +54,7 @@ async def new_secret(services: Services) -> str:
     return key.secret
 
 
-async def test_concurrent_requests_share_one_lookup(
-    services: Services, lookups: list[str]
-) -> None:
+async def test_concurrent_requests_share_one_lookup(services: Services, lookups: list[str]) -> None:
     secret = await new_secret(services)
     principals = await asyncio.gather(*(services.authenticate(secret) for _ in range(50)))
     assert len({p.key_id for p in principals}) == 1
