@@ -130,21 +130,36 @@ async def _post(
         status, payload = memo(results)
         return json_response(status, payload)
 
-    # Hashed now and dropped: a 1,000-transfer body is not kept while the posting waits.
+    # Hashed now and dropped: the JSON form of a batch (1,000 dicts) is not kept while
+    # the posting waits for its group.
     fingerprint = request_fingerprint(method, path, body)
     del body
     return await run_idempotent_at(method, path, services, tenant_id, key, fingerprint, execute)
 
 
-def credit_command(body: CreditCreate) -> PostingCommand:
-    return Credit(body.wallet_id, body.amount, body.currency, body.reference, body.metadata)
+BATCH_PATH = "/v1/transfers/batch"
+PostingHandler = Callable[[Services, UUID, str, Any], Awaitable[Response]]
 
 
-def debit_command(body: DebitCreate) -> PostingCommand:
-    return Debit(body.wallet_id, body.amount, body.currency, body.reference, body.metadata)
+def _single(path: str, command: Callable[[Any], PostingCommand]) -> PostingHandler:
+    """What serves a validated single-posting body at ``path`` (route and lean path)."""
+
+    async def handler(services: Services, tenant_id: UUID, key: str, body: Any) -> Response:
+        return await _post(
+            "POST",
+            path,
+            services,
+            tenant_id,
+            key,
+            body.model_dump(mode="json"),
+            [command(body)],
+            render_single,
+        )
+
+    return handler
 
 
-def transfer_command(body: TransferCreate) -> Transfer:
+def _transfer(body: TransferCreate) -> Transfer:
     return Transfer(
         body.from_wallet_id,
         body.to_wallet_id,
@@ -155,21 +170,15 @@ def transfer_command(body: TransferCreate) -> Transfer:
     )
 
 
-BATCH_PATH = "/v1/transfers/batch"
-SINGLE_COMMANDS: dict[str, Callable[[Any], PostingCommand]] = {
-    "/v1/credits": credit_command,
-    "/v1/debits": debit_command,
-    "/v1/transfers": transfer_command,
-}
-
-
-async def post_single(
-    services: Services, tenant_id: UUID, key: str, path: str, body: BaseModel
-) -> Response:
-    """POST ``path`` (a key of :data:`SINGLE_COMMANDS`) with a validated ``body``."""
-    command = SINGLE_COMMANDS[path](body)
-    payload = body.model_dump(mode="json")
-    return await _post("POST", path, services, tenant_id, key, payload, [command], render_single)
+post_credit = _single(
+    "/v1/credits",
+    lambda body: Credit(body.wallet_id, body.amount, body.currency, body.reference, body.metadata),
+)
+post_debit = _single(
+    "/v1/debits",
+    lambda body: Debit(body.wallet_id, body.amount, body.currency, body.reference, body.metadata),
+)
+post_transfer = _single("/v1/transfers", _transfer)
 
 
 @router.post(
@@ -181,7 +190,7 @@ async def credit(
     key: RequiredKey,
     services: ServicesDep,
 ) -> Response:
-    return await post_single(services, principal.tenant_id, key, "/v1/credits", body)
+    return await post_credit(services, principal.tenant_id, key, body)
 
 
 @router.post(
@@ -193,7 +202,7 @@ async def debit(
     key: RequiredKey,
     services: ServicesDep,
 ) -> Response:
-    return await post_single(services, principal.tenant_id, key, "/v1/debits", body)
+    return await post_debit(services, principal.tenant_id, key, body)
 
 
 @router.post(
@@ -205,7 +214,7 @@ async def transfer(
     key: RequiredKey,
     services: ServicesDep,
 ) -> Response:
-    return await post_single(services, principal.tenant_id, key, "/v1/transfers", body)
+    return await post_transfer(services, principal.tenant_id, key, body)
 
 
 @router.post(
@@ -231,7 +240,7 @@ async def post_batch(
     services: Services, tenant_id: UUID, key: str, body: TransferBatchCreate
 ) -> Response:
     """POST /v1/transfers/batch with a validated ``body`` (the route and the lean path)."""
-    commands: list[PostingCommand] = [transfer_command(item) for item in body.transfers]
+    commands: list[PostingCommand] = [_transfer(item) for item in body.transfers]
     renderer = render_atomic_batch if body.atomic else render_item_batch
     return await _post(
         "POST",
@@ -256,21 +265,11 @@ async def get_transaction(
     return json_response(200, render.dumps(render.transaction_json(found)))
 
 
-PostingHandler = Callable[[Services, UUID, str, Any], Awaitable[Response]]
-
-
-def _single(path: str) -> PostingHandler:
-    async def handler(services: Services, tenant_id: UUID, key: str, body: Any) -> Response:
-        return await post_single(services, tenant_id, key, path, body)
-
-    return handler
-
-
 # Every posting route: its body model and what serves a validated body. The routes
 # above and the lean path (:mod:`walletd.entrypoints.http.lean`) both run these.
 POSTINGS: dict[str, tuple[type[BaseModel], PostingHandler]] = {
-    "/v1/credits": (CreditCreate, _single("/v1/credits")),
-    "/v1/debits": (DebitCreate, _single("/v1/debits")),
-    "/v1/transfers": (TransferCreate, _single("/v1/transfers")),
+    "/v1/credits": (CreditCreate, post_credit),
+    "/v1/debits": (DebitCreate, post_debit),
+    "/v1/transfers": (TransferCreate, post_transfer),
     BATCH_PATH: (TransferBatchCreate, post_batch),
 }
