@@ -256,7 +256,7 @@ async def test_a_sent_call_that_fails_is_reported(redis_client: RedisClient) -> 
     assert [failure.reason for failure in failures] == ["error"]
 
 
-async def test_finish_soon_is_seen_by_the_next_claim_of_this_process(
+async def test_a_queued_finish_is_seen_by_the_next_claim_of_this_process(
     cache: IdempotencyCache, raw_redis: redis_asyncio.Redis
 ) -> None:
     await raw_redis.script_flush()
@@ -264,7 +264,7 @@ async def test_finish_soon_is_seen_by_the_next_claim_of_this_process(
     tenant_id, request = uuid.uuid4(), credit_request(f"k-{uuid.uuid4()}")
     first = await cache.claim(tenant_id, request)
     assert first.outcome is ClaimOutcome.LOCKED
-    cache.finish_soon(tenant_id, request, first, (201, b'{"id":"t2"}'))
+    cache.finish(tenant_id, request, first, (201, b'{"id":"t2"}'))
     # Not awaited, yet queued ahead of the retry's claim: the retry replays.
     retry = await cache.claim(tenant_id, request)
     assert retry.outcome is ClaimOutcome.REPLAY
@@ -276,7 +276,7 @@ async def test_finish_soon_is_seen_by_the_next_claim_of_this_process(
 
 
 async def test_claim_locks_then_reports_in_use_then_replays_the_cached_answer(
-    cache: IdempotencyCache, raw_redis: redis_asyncio.Redis
+    cache: IdempotencyCache, redis_client: RedisClient, raw_redis: redis_asyncio.Redis
 ) -> None:
     tenant_id, request = uuid.uuid4(), credit_request(f"k-{uuid.uuid4()}")
     answer_key, lock_key = redis_keys(tenant_id, request.key)
@@ -287,7 +287,8 @@ async def test_claim_locks_then_reports_in_use_then_replays_the_cached_answer(
     assert 29_000 < await raw_redis.pttl(lock_key) <= 30_000
     assert (await cache.claim(tenant_id, request)).outcome is ClaimOutcome.IN_USE
 
-    await cache.finish(tenant_id, request, first, (201, b'{"id":"t1"}'))
+    cache.finish(tenant_id, request, first, (201, b'{"id":"t1"}'))
+    await redis_client.flush()
     assert await raw_redis.exists(lock_key) == 0
     assert DAY_SECONDS * 1000 - 5_000 < await raw_redis.pttl(answer_key) <= DAY_SECONDS * 1000
 
@@ -299,26 +300,28 @@ async def test_claim_locks_then_reports_in_use_then_replays_the_cached_answer(
 
 
 async def test_finish_leaves_alone_a_lock_that_another_request_holds(
-    cache: IdempotencyCache, raw_redis: redis_asyncio.Redis
+    cache: IdempotencyCache, redis_client: RedisClient, raw_redis: redis_asyncio.Redis
 ) -> None:
     tenant_id, request = uuid.uuid4(), credit_request(f"k-{uuid.uuid4()}")
     _, lock_key = redis_keys(tenant_id, request.key)
     mine = await cache.claim(tenant_id, request)
     await raw_redis.set(lock_key, "someone-else", px=30_000)  # ours expired, another took it
 
-    await cache.finish(tenant_id, request, mine, None)
+    cache.finish(tenant_id, request, mine, None)
+    await redis_client.flush()
 
     assert await raw_redis.get(lock_key) == b"someone-else"
 
 
 async def test_answer_over_256_kib_is_not_cached_but_the_lock_is_released(
-    cache: IdempotencyCache, raw_redis: redis_asyncio.Redis
+    cache: IdempotencyCache, redis_client: RedisClient, raw_redis: redis_asyncio.Redis
 ) -> None:
     tenant_id, request = uuid.uuid4(), credit_request(f"k-{uuid.uuid4()}")
     answer_key, lock_key = redis_keys(tenant_id, request.key)
     claim = await cache.claim(tenant_id, request)
 
-    await cache.finish(tenant_id, request, claim, (200, b"x" * (MAX_CACHED_BODY_BYTES + 1)))
+    cache.finish(tenant_id, request, claim, (200, b"x" * (MAX_CACHED_BODY_BYTES + 1)))
+    await redis_client.flush()
 
     assert await raw_redis.exists(answer_key, lock_key) == 0
 

@@ -16,8 +16,9 @@ round trip is in flight wait for it to end and then travel together as one pipel
 (one pass through redis-py and one breaker verdict for all of them). Under load most
 requests share a round trip; alone, a call costs what it did before. A call whose
 reply nobody needs goes through :meth:`RedisClient.send_script`: it is queued the same
-way, in order with the others, but its caller does not wait for it; :meth:`close`
-sends what is still queued (bounded by the timeout) before it closes. Calls reach Redis
+way, in order with the others, but its caller does not wait for it; :meth:`flush`
+waits for what is queued, and :meth:`close` sends it (bounded by the timeout) before it
+closes. Calls reach Redis
 in the order they were queued, except a call of a script Redis does not have (after a
 restart or ``SCRIPT FLUSH``): it fails with NOSCRIPT and is sent again once the script
 is loaded, after the calls that followed it (:meth:`load_scripts` loads them up front).
@@ -29,7 +30,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
@@ -141,12 +142,16 @@ async def _run_pipeline(calls: Sequence[_ScriptCall], redis: Redis) -> list[Any]
     replies = await _evalsha_all(redis, calls)
     missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:  # a restarted or flushed Redis: load the scripts, run those calls once more
-        for script in {id(calls[n].script): calls[n].script for n in missing}.values():
-            script.sha = await redis.script_load(script.script)
+        await _load(redis, {id(calls[n].script): calls[n].script for n in missing}.values())
         again = await _evalsha_all(redis, [calls[n] for n in missing])
         for n, reply in zip(missing, again, strict=True):
             replies[n] = reply
     return replies
+
+
+async def _load(redis: Redis, scripts: Iterable[AsyncScript]) -> None:
+    for script in scripts:
+        script.sha = await redis.script_load(script.script)
 
 
 async def _evalsha_all(redis: Redis, calls: Sequence[_ScriptCall]) -> list[Any]:
@@ -299,12 +304,8 @@ class RedisClient:
     async def load_scripts(self, *scripts: AsyncScript) -> bool:
         """SCRIPT LOAD each of ``scripts``; False when Redis cannot be reached (never raises)."""
 
-        async def load(redis: Redis) -> None:
-            for script in scripts:
-                script.sha = await redis.script_load(script.script)
-
         try:
-            await self.call(load)
+            await self.call(functools.partial(_load, scripts=scripts))
         except RedisUnavailable:
             return False
         return True
@@ -316,10 +317,14 @@ class RedisClient:
         except RedisUnavailable:
             return False
 
-    async def close(self) -> None:
-        """Send the calls still queued (within the timeout), then close the connections."""
+    async def flush(self) -> None:
+        """Wait (within the timeout) until every call queued so far has been sent."""
         if self._draining is not None:
             await asyncio.wait({self._draining}, timeout=self.timeout_seconds)
+
+    async def close(self) -> None:
+        """Send the calls still queued (within the timeout), then close the connections."""
+        await self.flush()
         if self._draining is not None:
             self._draining.cancel()
             with contextlib.suppress(asyncio.CancelledError):

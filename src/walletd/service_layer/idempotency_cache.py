@@ -154,7 +154,7 @@ class IdempotencyCache:
         """Load both scripts into Redis now (False when it cannot be reached).
 
         Until a script is loaded its first calls fail with NOSCRIPT and are sent again
-        after the calls queued behind them; loaded at start, a :meth:`finish_soon` is
+        after the calls queued behind them; loaded at start, a :meth:`finish` is
         seen by every later claim of this process.
         """
         return await self._redis.load_scripts(self._claim, self._finish)
@@ -182,7 +182,7 @@ class IdempotencyCache:
             return UNAVAILABLE_CLAIM
         return Claim(ClaimOutcome.REPLAY, answer=answer)
 
-    async def finish(
+    def finish(
         self,
         tenant_id: UUID,
         request: IdempotentRequest,
@@ -192,48 +192,22 @@ class IdempotencyCache:
         """Cache ``answer`` (when given and small enough) and release our lock, if any.
 
         ``answer`` must be the one PostgreSQL holds for the key: committed, never a
-        guess. A failure here costs only speed: the lock expires by its TTL.
+        guess. The call is queued (:meth:`RedisClient.send_script`) and nobody waits for
+        it, so the answer can go to the client at once. That is safe because PostgreSQL
+        already holds it: a retry of the key from this process is queued behind this
+        call, and one that reaches Redis before it (from another worker) finds our lock,
+        reads the answer from PostgreSQL and replays it. A failure costs only speed: the
+        lock expires by its TTL.
         """
-        call = self._finish_call(tenant_id, request, claim, answer)
-        if call is None:
-            return
-        try:
-            await self._redis.run_script(self._finish, *call)
-        except RedisUnavailable as error:
-            _finish_failed(error)
-
-    def finish_soon(
-        self,
-        tenant_id: UUID,
-        request: IdempotentRequest,
-        claim: Claim,
-        answer: tuple[int, bytes] | None,
-    ) -> None:
-        """:meth:`finish` without waiting for Redis: the answer can go to the client now.
-
-        Safe because PostgreSQL already holds the answer: a retry of the key from this
-        process is queued behind this call, and one that reaches Redis before it (from
-        another worker) finds our lock, reads the answer from PostgreSQL and replays it.
-        """
-        call = self._finish_call(tenant_id, request, claim, answer)
-        if call is not None:
-            self._redis.send_script(self._finish, *call, on_failure=_finish_failed)
-
-    def _finish_call(
-        self,
-        tenant_id: UUID,
-        request: IdempotentRequest,
-        claim: Claim,
-        answer: tuple[int, bytes] | None,
-    ) -> tuple[tuple[str, str], tuple[str, bytes, int]] | None:
-        """The finish script's keys and arguments, or None when there is nothing to do."""
         entry = b""
         if answer is not None and len(answer[1]) <= self._max_body_bytes:
             stored = StoredAnswer(request.method, request.path, request.request_hash, *answer)
             entry = encode_entry(tenant_id, request.key, stored)
         if not entry and not claim.token:
-            return None
-        return redis_keys(tenant_id, request.key), (claim.token, entry, self._answer_ttl_ms)
+            return
+        keys = redis_keys(tenant_id, request.key)
+        arguments = (claim.token, entry, self._answer_ttl_ms)
+        self._redis.send_script(self._finish, keys, arguments, on_failure=_finish_failed)
 
 
 def _finish_failed(error: RedisUnavailable) -> None:

@@ -124,7 +124,7 @@ async def run_idempotent_at(
         # Also on failure: a lock we hold is released now rather than at its TTL. The
         # answer is in PostgreSQL already, so the client need not wait for Redis.
         if cache is not None:
-            cache.finish_soon(tenant_id, request, claim, answer)
+            cache.finish(tenant_id, request, claim, answer)
     return response
 
 
@@ -181,7 +181,7 @@ async def _answer_in_use(
     """
     response = await _replay_from_database(services, tenant_id, request)
     if cache is not None:
-        cache.finish_soon(tenant_id, request, Claim(ClaimOutcome.IN_USE), _answer(response))
+        cache.finish(tenant_id, request, Claim(ClaimOutcome.IN_USE), _answer(response))
     return response
 
 
