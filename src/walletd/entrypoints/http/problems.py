@@ -7,7 +7,6 @@ bare "internal error" — never a stack trace.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from starlette.responses import Response
 from walletd.adapters.postgres import UNAVAILABLE_ERRORS
 from walletd.entrypoints.http.schemas import Problem
 from walletd.errors import RateLimited, Unavailable, ValidationFailed, WalletdError
+from walletd.ids import process_unique_id
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 REQUEST_ID_KEY = "walletd.request_id"  # in the ASGI scope: the id sent as X-Request-Id
@@ -158,7 +158,7 @@ async def unexpected_response(request: Request, exc: Exception) -> Response:
     """The 500 (or 503) for an exception nothing else handled; logged with the request id."""
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return error_response(Unavailable("a dependency did not answer in time"))
-    request_id = request.scope.get(REQUEST_ID_KEY) or uuid.uuid4().hex
+    request_id = request.scope.get(REQUEST_ID_KEY) or process_unique_id()
     logger.error(
         "unhandled_error",
         request_id=request_id,
