@@ -3,9 +3,10 @@
 Builds a throw-away database with a valid ledger of ``--entries`` entries (credits
 from the system wallet and transfers between ``--wallets`` user wallets, hash chains,
 outbox events), written with COPY under ``session_replication_role = replica`` so that
-the per-row deferred balance trigger does not run (the data is correct by
-construction, and the audit must say so). Then runs ``walletd audit --json`` in a
-child process and prints seconds per million entries and the child's peak RSS.
+neither the balance trigger (COPY chunks may split a transaction's entries) nor the
+foreign-key checks run (the data is correct by construction, and the audit must say
+so). Then runs ``walletd audit --json`` in a child process and prints seconds per
+million entries and the child's peak RSS.
 
     .venv/bin/python bench/audit_speed.py --entries 1000000
     .venv/bin/python bench/audit_speed.py --admin-url postgresql://walletd@127.0.0.1:5432/postgres

@@ -4,12 +4,12 @@ Entries are computed in Python by the engine's own rules (``post_movement`` →
 ``append_entry`` for the chain and hashes, ``entry_events`` for the outbox), one credit
 or debit per pair, so the tenant's system wallet for the currency gets a valid chain
 too; ``created_at`` is spread over ~90 days. Everything is loaded with COPY in ONE
-database transaction under ``session_replication_role = replica``: the deferred
-``entries_balanced`` trigger and the foreign-key checks would otherwise run once per
-row at commit (2M+ times). The data is computed valid and the audit re-checks it.
-Outbox rows are marked published at load time: synthetic history, not for the relay or
-Kafka, and recent enough that the relay's retention (published AND created over a week
-ago) leaves them for the audit to find.
+database transaction under ``session_replication_role = replica``: the foreign-key
+checks would otherwise run once per row (2M+ times), and ``entries_balanced`` wants a
+transaction's entries in one statement, which COPY chunks do not promise. The data is
+computed valid and the audit re-checks it. Outbox rows are marked published at load
+time: synthetic history, not for the relay or Kafka, and recent enough that the relay's
+retention (published AND created over a week ago) leaves them for the audit to find.
 """
 
 from __future__ import annotations

@@ -34,36 +34,89 @@ async def _tenant_with_wallets(database: Database, count: int) -> tuple[uuid.UUI
     return key.tenant_id, wallet_ids
 
 
-async def test_unbalanced_transaction_is_refused_at_commit(database: Database) -> None:
-    tenant_id, (wallet_id,) = await _tenant_with_wallets(database, 1)
+_INSERT_TRANSACTION = (
+    "INSERT INTO transactions (id, tenant_id, type, status, amount, currency,"
+    " created_at, updated_at) VALUES ($1, $2, 'transfer', 'posted', 5, 'EUR', $3, $3)"
+)
+_INSERT_ENTRIES = (
+    "INSERT INTO entries (id, transaction_id, wallet_id, currency, amount,"
+    " balance_after, wallet_version, hash, created_at)"
+    " SELECT gen_random_uuid(), $1, e.wallet_id, e.currency, e.amount, e.amount, e.n,"
+    " '\\x00', $2"
+    " FROM unnest($3::uuid[], $4::text[], $5::bigint[]) WITH ORDINALITY"
+    " AS e(wallet_id, currency, amount, n)"
+)
+
+
+async def _insert(
+    database: Database,
+    tenant_id: uuid.UUID,
+    statements: list[list[tuple[uuid.UUID, str, int]]],
+) -> uuid.UUID:
+    """One transaction row, then each statement's entries, in one database transaction."""
     now = datetime.now(UTC)
+    transaction_id = uuid.uuid4()
+    async with database.connection() as connection, connection.transaction():
+        await connection.execute(_INSERT_TRANSACTION, transaction_id, tenant_id, now)
+        for entries in statements:
+            await connection.execute(
+                _INSERT_ENTRIES,
+                transaction_id,
+                now,
+                [wallet for wallet, _, _ in entries],
+                [currency for _, currency, _ in entries],
+                [amount for _, _, amount in entries],
+            )
+    return transaction_id
+
+
+async def _count(database: Database, transaction_id: uuid.UUID) -> int:
     async with database.connection() as connection:
-        transaction_id = uuid.uuid4()
-        with pytest.raises(asyncpg.CheckViolationError, match="unbalanced"):
-            async with connection.transaction():
-                await connection.execute(
-                    "INSERT INTO transactions (id, tenant_id, type, status, amount, currency,"
-                    " created_at, updated_at)"
-                    " VALUES ($1, $2, 'credit', 'posted', 5, 'EUR', $3, $3)",
-                    transaction_id,
-                    tenant_id,
-                    now,
-                )
-                await connection.execute(
-                    "INSERT INTO entries (id, transaction_id, wallet_id, currency, amount,"
-                    " balance_after, wallet_version, hash, created_at)"
-                    " VALUES ($1, $2, $3, 'EUR', 5, 5, 1, '\\x00', $4)",
-                    uuid.uuid4(),
-                    transaction_id,
-                    wallet_id,
-                    now,
-                )
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM entries WHERE transaction_id = $1", transaction_id
+        )
+        return count
+
+
+@pytest.mark.parametrize(
+    "statements",
+    [
+        pytest.param([[(0, "EUR", 5)]], id="one-entry"),
+        pytest.param([[(0, "EUR", 5), (1, "EUR", -4)]], id="does-not-sum-to-zero"),
+        pytest.param(
+            [[(0, "EUR", 5), (1, "EUR", -5), (0, "USD", 3), (1, "USD", -2)]],
+            id="one-currency-of-two-unbalanced",
+        ),
+        pytest.param([[(0, "EUR", 5)], [(1, "EUR", -5)]], id="balanced-only-across-statements"),
+    ],
+)
+async def test_unbalanced_entries_are_refused(
+    database: Database, statements: list[list[tuple[int, str, int]]]
+) -> None:
+    tenant_id, wallet_ids = await _tenant_with_wallets(database, 2)
+    resolved = [
+        [(wallet_ids[wallet], currency, amount) for wallet, currency, amount in entries]
+        for entries in statements
+    ]
+    with pytest.raises(asyncpg.CheckViolationError, match="unbalanced") as refused:
+        await _insert(database, tenant_id, resolved)
+    assert refused.value.constraint_name == "entries_balanced"
+    async with database.connection() as connection:
         assert (
             await connection.fetchval(
-                "SELECT count(*) FROM transactions WHERE id = $1", transaction_id
+                "SELECT count(*) FROM entries e JOIN wallets w ON w.id = e.wallet_id"
+                " WHERE w.tenant_id = $1",
+                tenant_id,
             )
             == 0
         )
+
+
+async def test_balanced_entries_are_accepted_in_one_statement(database: Database) -> None:
+    tenant_id, (first, second) = await _tenant_with_wallets(database, 2)
+    balanced = [(first, "EUR", 5), (second, "EUR", -5), (first, "USD", 2), (second, "USD", -2)]
+    transaction_id = await _insert(database, tenant_id, [balanced])
+    assert await _count(database, transaction_id) == 4
 
 
 async def test_entries_cannot_be_changed_or_deleted(database: Database) -> None:

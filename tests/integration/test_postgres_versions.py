@@ -6,6 +6,7 @@ starts the wheel's server (18) next to it, migrates, posts, and checks the guard
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from alembic import command
 
 from walletd.adapters.embedded import EmbeddedStack
-from walletd.adapters.migrations import upgrade
+from walletd.adapters.migrations import alembic_config, upgrade
 from walletd.adapters.postgres import Database
 from walletd.domain.commands import Credit, Debit, Transfer
 from walletd.domain.records import Transaction
@@ -48,7 +50,13 @@ async def test_schema_and_postings_work_on_the_wheel_server(
     url, version = wheel_postgres_url
     assert int(version.split(".")[0]) >= 16
     upgrade(url)
+    assert await _balance_check_runs_per(url) == "statement"
+    # the latest migration also goes back (Alembic runs its own loop: in a thread)
+    await asyncio.to_thread(command.downgrade, alembic_config(url), "0002")
+    assert await _balance_check_runs_per(url) == "row"
     upgrade(url)
+    upgrade(url)
+    assert await _balance_check_runs_per(url) == "statement"
     database = Database(url, min_size=1, max_size=4)
     await database.connect()
     try:
@@ -90,3 +98,15 @@ async def test_schema_and_postings_work_on_the_wheel_server(
         assert total == 0
     finally:
         await database.close()
+
+
+async def _balance_check_runs_per(url: str) -> str:
+    """Whether the ``entries_balanced`` trigger fires per row or per statement."""
+    connection = await asyncpg.connect(url)
+    try:
+        tgtype: int = await connection.fetchval(
+            "SELECT tgtype FROM pg_trigger WHERE tgname = 'entries_balanced'"
+        )
+    finally:
+        await connection.close()
+    return "row" if tgtype & 1 else "statement"
