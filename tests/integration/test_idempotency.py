@@ -234,6 +234,59 @@ async def test_a_failing_script_call_fails_alone(redis_client: RedisClient) -> N
     assert isinstance(replies[1], RedisUnavailable) and replies[1].reason == "error"
 
 
+@contextlib.asynccontextmanager
+async def _held_replies_proxy(redis_url: str) -> AsyncIterator[tuple[str, asyncio.Event]]:
+    """A TCP proxy to Redis that passes replies back only while the event is set."""
+    host, _, port = redis_url.removeprefix("redis://").partition("/")[0].rpartition(":")
+    passing = asyncio.Event()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gated: bool) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                if gated:
+                    await passing.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def serve(
+        client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        redis_reader, redis_writer = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(
+            pipe(client_reader, redis_writer, gated=False),
+            pipe(redis_reader, client_writer, gated=True),
+        )
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    proxy_port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://127.0.0.1:{proxy_port}/0", passing
+    finally:
+        passing.set()
+        server.close()
+
+
+async def test_replies_that_come_after_the_deadline_never_answer_a_later_call(
+    endpoints: ServiceEndpoints,
+) -> None:
+    async with _held_replies_proxy(endpoints.redis_url) as (url, passing):
+        client = RedisClient(url, timeout_seconds=0.2)
+        echo = client.script("return ARGV[1]")
+        passing.set()
+        assert await client.run_script(echo, [], ["warm-up"]) == b"warm-up"  # script loaded
+        passing.clear()
+        late = [client.run_script(echo, [], [f"late-{n}"]) for n in range(3)]
+        for reason in await asyncio.gather(*late, return_exceptions=True):
+            assert isinstance(reason, RedisUnavailable) and reason.reason == "timeout"
+        passing.set()  # the late replies are now on their way to a closed connection
+        replies = await asyncio.gather(
+            *(client.run_script(echo, [], [f"on-time-{n}"]) for n in range(3))
+        )
+        await client.close()
+    assert replies == [b"on-time-0", b"on-time-1", b"on-time-2"]
+
+
 async def test_sent_calls_keep_their_order_and_close_sends_what_is_queued(
     endpoints: ServiceEndpoints, raw_redis: redis_asyncio.Redis
 ) -> None:

@@ -13,15 +13,15 @@ Callers (idempotency, rate limiting, counters) catch :class:`RedisUnavailable`, 
 
 Lua scripts run through :meth:`RedisClient.run_script` are *batched*: calls made while a
 round trip is in flight wait for it to end and then travel together as one pipeline
-(one pass through redis-py and one breaker verdict for all of them). Under load most
-requests share a round trip; alone, a call costs what it did before. A call whose
-reply nobody needs goes through :meth:`RedisClient.send_script`: it is queued the same
-way, in order with the others, but its caller does not wait for it; :meth:`flush`
-waits for what is queued, and :meth:`close` sends it (bounded by the timeout) before it
-closes. Calls reach Redis
-in the order they were queued, except a call of a script Redis does not have (after a
-restart or ``SCRIPT FLUSH``): it fails with NOSCRIPT and is sent again once the script
-is loaded, after the calls that followed it (:meth:`load_scripts` loads them up front).
+(one write on one pooled connection, one deadline and one breaker verdict for all of
+them). Under load most requests share a round trip; alone, a call costs what it did
+before. A call whose reply nobody needs goes through :meth:`RedisClient.send_script`:
+it is queued the same way, in order with the others, but its caller does not wait for
+it; :meth:`flush` waits for what is queued, and :meth:`close` sends it (bounded by the
+timeout) before it closes. Calls reach Redis in the order they were queued, except a
+call of a script Redis does not have (after a restart or ``SCRIPT FLUSH``): it fails
+with NOSCRIPT and is sent again once the script is loaded, after the calls that
+followed it (:meth:`load_scripts` loads them up front).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 T = TypeVar("T")
@@ -155,10 +156,31 @@ async def _load(redis: Redis, scripts: Iterable[AsyncScript]) -> None:
 
 
 async def _evalsha_all(redis: Redis, calls: Sequence[_ScriptCall]) -> list[Any]:
-    pipe = redis.pipeline(transaction=False)
-    for call in calls:
-        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    """EVALSHA every call on one pooled connection: one write, then a read per reply.
+
+    redis-py's pipeline object is skipped on purpose: its per-command bookkeeping and
+    a deadline per reply cost more CPU than the calls themselves. :meth:`RedisClient.call`
+    bounds the whole exchange instead. A connection left mid-exchange (an error, the
+    deadline) is closed, never reused with replies still in flight.
+    """
+    pool = redis.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        commands = [
+            ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls
+        ]
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        replies: list[Any] = []
+        for _ in calls:
+            try:
+                replies.append(await connection.read_response(timeout=math.inf))
+            except ResponseError as error:  # this call's own error (NOSCRIPT, a script error)
+                replies.append(error)
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(connection)
     return replies
 
 
