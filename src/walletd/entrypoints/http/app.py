@@ -79,6 +79,9 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Wallet engine: double-entry ledger with idempotent money movement.",
+        # walletd reports through Prometheus (/metrics) and structlog; FastAPI's own
+        # OpenTelemetry hooks would otherwise look up the global providers per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.services = services
     problems.install(app)
