@@ -222,6 +222,14 @@ async def test_scripts_flushed_from_redis_are_loaded_again(
     assert [claim.outcome for claim in claims] == [ClaimOutcome.LOCKED, ClaimOutcome.IN_USE]
 
 
+async def test_script_arguments_reach_redis_as_redis_py_would_send_them(
+    redis_client: RedisClient,
+) -> None:
+    script = redis_client.script("return {KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], #ARGV}")
+    reply = await redis_client.run_script(script, ["k\u00e9y"], [b"\x00raw", "t\u00e9xt", 42, 0.5])
+    assert reply == [b"k\xc3\xa9y", b"\x00raw", b"t\xc3\xa9xt", b"42", b"0.5", 4]
+
+
 async def test_a_failing_script_call_fails_alone(redis_client: RedisClient) -> None:
     script = redis_client.script(
         "if ARGV[1] == 'bad' then return redis.error_reply('refused') end return ARGV[1]"

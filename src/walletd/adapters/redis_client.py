@@ -37,6 +37,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -138,13 +139,15 @@ class _ScriptCall:
     reply: asyncio.Future[Any]
 
 
-async def _run_pipeline(calls: Sequence[_ScriptCall], redis: Redis) -> list[Any]:
+async def _run_pipeline(
+    calls: Sequence[_ScriptCall], redis: Redis, connection: AbstractConnection
+) -> list[Any]:
     """Every call's reply (or its error), in order; scripts Redis forgot are loaded again."""
-    replies = await _evalsha_all(redis, calls)
+    replies = await _evalsha_all(connection, calls)
     missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:  # a restarted or flushed Redis: load the scripts, run those calls once more
         await _load(redis, {id(calls[n].script): calls[n].script for n in missing}.values())
-        again = await _evalsha_all(redis, [calls[n] for n in missing])
+        again = await _evalsha_all(connection, [calls[n] for n in missing])
         for n, reply in zip(missing, again, strict=True):
             replies[n] = reply
     return replies
@@ -155,21 +158,17 @@ async def _load(redis: Redis, scripts: Iterable[AsyncScript]) -> None:
         script.sha = await redis.script_load(script.script)
 
 
-async def _evalsha_all(redis: Redis, calls: Sequence[_ScriptCall]) -> list[Any]:
-    """EVALSHA every call on one pooled connection: one write, then a read per reply.
+async def _evalsha_all(connection: AbstractConnection, calls: Sequence[_ScriptCall]) -> list[Any]:
+    """EVALSHA every call on the scripts' connection: one write, then a read per reply.
 
     redis-py's pipeline object is skipped on purpose: its per-command bookkeeping and
     a deadline per reply cost more CPU than the calls themselves. :meth:`RedisClient.call`
     bounds the whole exchange instead. A connection left mid-exchange (an error, the
-    deadline) is closed, never reused with replies still in flight.
+    deadline) is closed, never reused with replies still in flight; the next batch
+    opens it again.
     """
-    pool = redis.connection_pool
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
-        commands = [
-            ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args) for call in calls
-        ]
-        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        await connection.send_packed_command(_evalsha_commands(calls), check_health=False)
         replies: list[Any] = []
         for _ in calls:
             try:
@@ -179,9 +178,31 @@ async def _evalsha_all(redis: Redis, calls: Sequence[_ScriptCall]) -> list[Any]:
     except BaseException:
         await connection.disconnect(nowait=True)
         raise
-    finally:
-        await pool.release(connection)
     return replies
+
+
+def _evalsha_commands(calls: Sequence[_ScriptCall]) -> bytes:
+    """The calls in the Redis protocol (RESP): arrays of bulk strings, back to back."""
+    out = bytearray()
+    for call in calls:
+        out += b"*%d\r\n$7\r\nEVALSHA\r\n" % (3 + len(call.keys) + len(call.args))
+        for part in (call.script.sha, len(call.keys), *call.keys, *call.args):
+            data = _bulk(part)
+            out += b"$%d\r\n%s\r\n" % (len(data), data)
+    return bytes(out)
+
+
+def _bulk(value: Any) -> bytes:
+    """One argument as Redis receives it: text as UTF-8, numbers in decimal (as redis-py)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return b"%d" % value
+    if isinstance(value, float):
+        return repr(value).encode()
+    raise TypeError(f"a script argument must be bytes, str or a number, not {type(value).__name__}")
 
 
 class RedisClient:
@@ -211,6 +232,8 @@ class RedisClient:
         self._redis: Redis = Redis.from_pool(pool)
         self._queued: list[_ScriptCall] = []
         self._draining: asyncio.Task[None] | None = None
+        # Batches go one at a time (one drain task), so they share one connection.
+        self._scripts_connection: AbstractConnection | None = None
 
     def script(self, source: str) -> AsyncScript:
         """A Lua script run by EVALSHA (loaded again by itself after a Redis restart)."""
@@ -267,7 +290,7 @@ class RedisClient:
                 del self._queued[:MAX_SCRIPT_BATCH]
                 REDIS_SCRIPT_BATCH.observe(len(batch))
                 try:
-                    replies = await self.call(functools.partial(_run_pipeline, batch))
+                    replies = await self.call(functools.partial(self._send_batch, batch))
                 except RedisUnavailable as error:
                     replies = [error] * len(batch)
                 for call, reply in zip(batch, replies, strict=True):
@@ -289,6 +312,12 @@ class RedisClient:
                 if not call.reply.done():
                     call.reply.set_exception(RedisUnavailable("connection", "client stopped"))
             self._queued.clear()
+
+    async def _send_batch(self, batch: Sequence[_ScriptCall], redis: Redis) -> list[Any]:
+        if self._scripts_connection is None:
+            pool = redis.connection_pool
+            self._scripts_connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        return await _run_pipeline(batch, redis, self._scripts_connection)
 
     async def call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
         """Run ``operation`` within the deadline; raise :class:`RedisUnavailable` on failure."""
@@ -351,6 +380,9 @@ class RedisClient:
             self._draining.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._draining
+        if self._scripts_connection is not None:
+            await self._redis.connection_pool.release(self._scripts_connection)
+            self._scripts_connection = None
         await self._redis.aclose()
 
 
