@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import asyncpg
-import orjson
 
+from walletd import jsontext
 from walletd.domain.events import OutboxEvent
 from walletd.domain.ledger import Entry, Limits, WalletState, WalletStatus
 from walletd.domain.records import Transaction
@@ -205,10 +204,6 @@ async def count_recent_debits(
     return count
 
 
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 async def write_postings(
     connection: asyncpg.Connection,
     tenant_id: UUID,
@@ -251,7 +246,7 @@ async def write_group(
         [tx.amount for tx in transactions],
         [tx.currency for tx in transactions],
         [tx.reference for tx in transactions],
-        [_json_text(tx.metadata) for tx in transactions],
+        [jsontext.dumps_text(tx.metadata) for tx in transactions],
         [tx.from_wallet_id for tx in transactions],
         [tx.to_wallet_id for tx in transactions],
         [tx.reverses_transaction_id for tx in transactions],
@@ -278,7 +273,7 @@ async def write_group(
         [event.event_id for _, event in events],
         [event.message_key for _, event in events],
         [event.event_type for _, event in events],
-        [_json_text(event.payload) for _, event in events],
+        [jsontext.dumps_text(event.payload) for _, event in events],
         [row.key for _, row in idempotency_rows],
         [row.method for _, row in idempotency_rows],
         [row.path for _, row in idempotency_rows],

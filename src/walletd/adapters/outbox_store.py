@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from uuid import UUID
 
 import asyncpg
-import orjson
 
+from walletd import jsontext
 from walletd.domain.events import OutboxEvent
 
 INSERT_EVENTS = """
@@ -31,5 +31,5 @@ async def add_events(
         [event.event_id for event in events],
         [event.message_key for event in events],
         [event.event_type for event in events],
-        [orjson.dumps(event.payload).decode() for event in events],
+        [jsontext.dumps_text(event.payload) for event in events],
     )

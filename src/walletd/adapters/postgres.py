@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from walletd import jsontext
 from walletd.errors import Unavailable
 
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -32,14 +33,14 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 async def init_connection(connection: asyncpg.Connection) -> None:
     """What every walletd connection needs: ``jsonb`` as Python values (orjson)."""
     await connection.set_type_codec(
-        "jsonb", encoder=_dumps, decoder=orjson.loads, schema="pg_catalog", format="text"
+        "jsonb",
+        encoder=jsontext.dumps_text,
+        decoder=orjson.loads,
+        schema="pg_catalog",
+        format="text",
     )
 
 

@@ -2,7 +2,8 @@
 
 Entry events (``wallet.credited`` / ``wallet.debited``) are one per entry, system
 wallets included; the message key is always the wallet id, so one wallet's events
-stay in one partition and in ``wallet_version`` order.
+stay in one partition and in ``wallet_version`` order. Ids in payloads may stay ``UUID``
+objects: payloads are written by :mod:`walletd.jsontext`, as canonical text.
 """
 
 from __future__ import annotations
@@ -30,17 +31,18 @@ class OutboxEvent:
 def cloud_event(event_type: str, subject: UUID, at: datetime, data: dict[str, Any]) -> OutboxEvent:
     """Wrap ``data`` in a CloudEvents 1.0 envelope keyed by ``subject`` (a wallet id)."""
     event_id = new_id()
+    key = str(subject)
     payload = {
         "specversion": "1.0",
-        "id": str(event_id),
+        "id": event_id,
         "source": EVENT_SOURCE,
         "type": event_type,
-        "subject": str(subject),
+        "subject": key,
         "time": canonical_timestamp(at),
         "datacontenttype": "application/json",
         "data": data,
     }
-    return OutboxEvent(event_id, str(subject), event_type, payload)
+    return OutboxEvent(event_id, key, event_type, payload)
 
 
 def entry_events(transaction: Transaction, system_wallet_ids: frozenset[UUID]) -> list[OutboxEvent]:
@@ -56,15 +58,15 @@ def entry_events(transaction: Transaction, system_wallet_ids: frozenset[UUID]) -
                 user_wallets[1] if entry.wallet_id == user_wallets[0] else user_wallets[0]
             )
         data = {
-            "tenant_id": str(transaction.tenant_id),
-            "wallet_id": str(entry.wallet_id),
-            "transaction_id": str(transaction.id),
+            "tenant_id": transaction.tenant_id,
+            "wallet_id": entry.wallet_id,
+            "transaction_id": transaction.id,
             "transaction_type": transaction.type,
             "amount": entry.amount,
             "currency": entry.currency,
             "balance_after": entry.balance_after,
             "wallet_version": entry.wallet_version,
-            "counterparty_wallet_id": str(counterparty) if counterparty else None,
+            "counterparty_wallet_id": counterparty,
         }
         event_type = "wallet.credited" if entry.amount > 0 else "wallet.debited"
         events.append(cloud_event(event_type, entry.wallet_id, entry.created_at, data))

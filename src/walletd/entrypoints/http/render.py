@@ -1,12 +1,15 @@
-"""Records to JSON bytes: the exact bodies clients see and idempotency replays."""
+"""Records to JSON bytes: the exact bodies clients see and idempotency replays.
+
+Ids stay ``UUID`` objects in these dicts: :func:`dumps` (:mod:`walletd.jsontext`) writes
+them in their canonical text form, faster than ``str()`` would.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-import orjson
-
+from walletd import jsontext
 from walletd.domain.hashing import canonical_timestamp
 from walletd.domain.ledger import Entry
 from walletd.domain.records import Hold, Transaction, Wallet
@@ -18,7 +21,7 @@ def timestamp(moment: datetime | None) -> str | None:
 
 def wallet_json(wallet: Wallet) -> dict[str, Any]:
     return {
-        "id": str(wallet.id),
+        "id": wallet.id,
         "currency": wallet.currency,
         "owner_id": wallet.owner_id,
         "status": wallet.status.value,
@@ -36,9 +39,9 @@ def wallet_json(wallet: Wallet) -> dict[str, Any]:
 
 def entry_json(entry: Entry) -> dict[str, Any]:
     return {
-        "id": str(entry.id),
-        "transaction_id": str(entry.transaction_id),
-        "wallet_id": str(entry.wallet_id),
+        "id": entry.id,
+        "transaction_id": entry.transaction_id,
+        "wallet_id": entry.wallet_id,
         "amount": entry.amount,
         "balance_after": entry.balance_after,
         "wallet_version": entry.wallet_version,
@@ -47,16 +50,15 @@ def entry_json(entry: Entry) -> dict[str, Any]:
 
 
 def transaction_json(transaction: Transaction) -> dict[str, Any]:
-    reverses = transaction.reverses_transaction_id
     return {
-        "id": str(transaction.id),
+        "id": transaction.id,
         "type": transaction.type,
         "status": transaction.status,
         "amount": transaction.amount,
         "currency": transaction.currency,
         "reference": transaction.reference,
         "metadata": transaction.metadata,
-        "reverses_transaction_id": str(reverses) if reverses else None,
+        "reverses_transaction_id": transaction.reverses_transaction_id,
         "entries": [entry_json(entry) for entry in transaction.entries],
         "created_at": timestamp(transaction.created_at),
     }
@@ -64,17 +66,17 @@ def transaction_json(transaction: Transaction) -> dict[str, Any]:
 
 def hold_json(hold: Hold) -> dict[str, Any]:
     return {
-        "id": str(hold.id),
-        "wallet_id": str(hold.wallet_id),
+        "id": hold.id,
+        "wallet_id": hold.wallet_id,
         "amount": hold.amount,
         "currency": hold.currency,
         "status": hold.status,
         "captured_amount": hold.captured_amount,
-        "transaction_id": str(hold.transaction_id) if hold.transaction_id else None,
+        "transaction_id": hold.transaction_id,
         "expires_at": timestamp(hold.expires_at),
         "created_at": timestamp(hold.created_at),
     }
 
 
 def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
+    return jsontext.dumps(value)
