@@ -26,6 +26,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import orjson
 
+from walletd import jsontext
 from walletd.adapters.ledger_store import LOCK_WALLETS, ensure_system_wallet, wallet_state
 from walletd.domain.events import OutboxEvent, cloud_event, entry_events
 from walletd.domain.hashing import canonical_timestamp
@@ -188,7 +189,7 @@ class LedgerWriter:
             for e in tx.entries
         )  # fmt: skip
         chunk.events.extend(
-            (e.event_id, tenant_id, e.message_key, e.event_type, orjson.dumps(e.payload).decode(),
+            (e.event_id, tenant_id, e.message_key, e.event_type, jsontext.dumps_text(e.payload),
              at, self.loaded_at)
             for e in events
         )  # fmt: skip
@@ -225,7 +226,7 @@ async def _new_wallet(
         updated_at=start,
     )
     event = cloud_event("wallet.created", wallet_id, start, wallet_event_data(record))
-    payload = orjson.dumps(event.payload).decode()
+    payload = jsontext.dumps_text(event.payload)
     await connection.copy_records_to_table(
         "outbox",
         records=[

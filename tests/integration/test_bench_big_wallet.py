@@ -1,0 +1,49 @@
+"""The benchmark's big-wallet loader writes a ledger that ``walletd audit`` accepts."""
+
+from __future__ import annotations
+
+from uuid import uuid4
+
+import asyncpg
+import orjson
+import pytest
+from bench import big_wallet
+
+from walletd.adapters.embedded import ServiceEndpoints
+from walletd.adapters.migrations import upgrade
+from walletd.service_layer.audit import run_audit
+from walletd.service_layer.tenants import create_api_key
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_small_big_wallet_passes_the_audit(endpoints: ServiceEndpoints) -> None:
+    base = endpoints.database_url.rpartition("/")[0]
+    name = f"walletd_big_{uuid4().hex[:12]}"
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = f"{base}/{name}"
+    upgrade(url)
+    connection = await asyncpg.connect(url)
+    try:
+        key = await create_api_key(connection, "big-wallet", ["read"])
+    finally:
+        await connection.close()
+
+    big = await big_wallet.build(url, key.tenant_id, 2_000)
+
+    report = await run_audit(url)
+    assert report.violations == [] and report.ok
+    assert big.entries == big.version == 2_000
+    connection = await asyncpg.connect(url)
+    try:
+        payload = await connection.fetchval(
+            "SELECT payload::text FROM outbox WHERE message_key = $1 ORDER BY id DESC LIMIT 1",
+            str(big.wallet_id),
+        )
+    finally:
+        await connection.close()
+    assert orjson.loads(payload)["data"]["wallet_id"] == str(big.wallet_id)
