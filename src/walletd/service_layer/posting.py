@@ -259,10 +259,10 @@ class PostingEngine:
         involved = {w for m in movements for w in (m.source_id, m.destination_id)}
         screen = group.screens[posting.tenant_id]
         saved = None
-        saved_screen: dict[UUID, dict[UUID, datetime]] = {}
+        screen_mark = 0
         if posting.atomic:
             saved = {w: group.states[w].snapshot() for w in involved if w in group.states}
-            saved_screen = screen.checkpoint()
+            screen_mark = screen.checkpoint()
         results: list[PostingResult] = []
         touched: set[UUID] = set()
         for index, (command, movement) in enumerate(zip(posting.commands, movements, strict=True)):
@@ -272,7 +272,7 @@ class PostingEngine:
             except WalletdError as error:
                 if saved is not None:
                     group.states.update(saved)
-                    screen.restore(saved_screen)
+                    screen.restore(screen_mark)
                     return [ItemFailure(index, error)], set()
                 results.append(ItemFailure(index, error))
         return results, touched

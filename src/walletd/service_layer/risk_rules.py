@@ -49,6 +49,8 @@ class RiskScreen:
         self._tenant_id = tenant_id
         self._rules = tuple(rules)
         self._recipients = recipients if recipients is not None else {}
+        # What each record() replaced: (payer, recipient, previous time or None).
+        self._undo: list[tuple[UUID, UUID, datetime | None]] = []
 
     def check(self, movement: Movement, payer: WalletState, at: datetime) -> str | None:
         """None: post it; a rule name: send it to review; raises :class:`RiskRejected`."""
@@ -86,17 +88,32 @@ class RiskScreen:
             )
         return decision.rule.name
 
-    def checkpoint(self) -> dict[UUID, dict[UUID, datetime]]:
-        """What :meth:`restore` needs to forget the records of a cancelled atomic request."""
-        return {payer: dict(seen) for payer, seen in self._recipients.items()}
+    def checkpoint(self) -> int:
+        """A mark for :meth:`restore`, which forgets what was recorded after it (O(1))."""
+        return len(self._undo)
 
-    def restore(self, saved: dict[UUID, dict[UUID, datetime]]) -> None:
-        self._recipients = saved
+    def restore(self, mark: int) -> None:
+        """Forget the records made since ``mark`` (a cancelled atomic request)."""
+        while len(self._undo) > mark:
+            payer, recipient, previous = self._undo.pop()
+            seen = self._recipients[payer]
+            if previous is None:
+                del seen[recipient]
+            else:
+                seen[recipient] = previous
 
     def record(self, movement: Movement, at: datetime) -> None:
-        """A transfer was posted or sent to review: later items of the call see its recipient."""
-        if movement.type == "transfer":
-            self._recipients.setdefault(movement.source_id, {})[movement.destination_id] = at
+        """A transfer was posted or sent to review: later items of the call see its recipient.
+
+        Without rules nothing reads the recipients, so nothing is recorded.
+        """
+        if not self._rules or movement.type != "transfer":
+            return
+        seen = self._recipients.setdefault(movement.source_id, {})
+        self._undo.append(
+            (movement.source_id, movement.destination_id, seen.get(movement.destination_id))
+        )
+        seen[movement.destination_id] = at
 
 
 def stored_rules(value: object, tenant_id: UUID) -> tuple[RiskRule, ...]:
