@@ -2,7 +2,8 @@
 
 Starts PostgreSQL, a Redis-compatible server and a Kafka-compatible broker under the
 run directory (``.walletd/`` by default), migrates, creates a ``dev`` tenant key, and
-runs the API and the relay as child processes. Ctrl-C stops everything, by PID.
+runs the API and the relay as child processes. Ctrl-C, SIGTERM or SIGHUP stops everything,
+by PID.
 """
 
 from __future__ import annotations
@@ -68,8 +69,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_dev(run_dir: str, port: int) -> None:
-    """Run until Ctrl-C; every child process and server is stopped on the way out."""
+    """Run until Ctrl-C, SIGTERM or SIGHUP; every child and server is stopped on the way out."""
     root = Path(run_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     print(f"starting PostgreSQL, Redis and Kafka under {root} …", flush=True)
@@ -78,6 +83,10 @@ def run_dev(run_dir: str, port: int) -> None:
     except EmbeddedServiceError as error:
         raise Unavailable(str(error).splitlines()[0]) from error
     children: list[subprocess.Popen[bytes]] = []
+    # SIGTERM and SIGHUP end the run the way Ctrl-C does, so that the API and the relay
+    # are stopped too, not only the servers (which the embedded stack stops by itself).
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         upgrade(endpoints.database_url)
         key = asyncio.run(_dev_key(endpoints.database_url))
