@@ -20,7 +20,7 @@ def dumps(value: Any) -> bytes:
 
 def dumps_text(value: Any) -> str:
     """:func:`dumps`, as text (for ``jsonb`` parameters)."""
-    return orjson.dumps(value, default=_default).decode()
+    return dumps(value).decode()
 
 
 def _default(value: object) -> str:

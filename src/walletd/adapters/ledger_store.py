@@ -162,7 +162,7 @@ async def lock_wallets(
 
 
 async def lock_any_wallets(
-    connection: asyncpg.Connection, wallet_ids: Iterable[UUID], rules_of: Iterable[UUID] = ()
+    connection: asyncpg.Connection, wallet_ids: Iterable[UUID], rules_of: Iterable[UUID]
 ) -> tuple[dict[UUID, WalletState], dict[UUID, str]]:
     """Lock wallets of any tenant in id order (group commit); callers check the tenant.
 
