@@ -184,6 +184,21 @@ def read_topic(
     return received
 
 
+async def tenant_events(
+    bootstrap: str | None, topic: str, tenant_id: UUID, *, expected: int, deadline_seconds: float
+) -> list[ReceivedEvent]:
+    """:func:`read_topic` in a thread, keeping the events of ``tenant_id`` only."""
+    assert bootstrap is not None
+    return await asyncio.to_thread(
+        read_topic,
+        bootstrap,
+        topic,
+        expected=expected,
+        deadline_seconds=deadline_seconds,
+        keep=of_tenant(tenant_id),
+    )
+
+
 def _partitions(bootstrap: str, topic: str) -> list[int]:
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
     deadline = time.monotonic() + 15

@@ -27,12 +27,12 @@ from tests.integration.relay_helpers import (
     REPO_ROOT,
     RelayProcess,
     assert_wallet_order,
-    of_tenant,
     outbox_event_ids,
     post_stream,
     read_topic,
     stream_commands,
     tenant_entries,
+    tenant_events,
     tenant_with_wallets,
     unpublished_count,
 )
@@ -147,11 +147,13 @@ async def test_every_entry_has_exactly_one_event_in_wallet_order(
             *(post_stream(engine, tenant_id, wallets, 25, start=25 * n) for n in range(4))
         )
         expected = sum(counts)
-        assert settings.kafka_bootstrap is not None
-        received = await asyncio.to_thread(
-            read_topic, settings.kafka_bootstrap, settings.kafka_topic,
-            expected=expected, deadline_seconds=20, keep=of_tenant(tenant_id),
-        )  # fmt: skip
+        received = await tenant_events(
+            settings.kafka_bootstrap,
+            settings.kafka_topic,
+            tenant_id,
+            expected=expected,
+            deadline_seconds=20,
+        )
         await eventually(lambda: drained(database, tenant_id), 5, "all rows marked published")
 
     entries = await tenant_entries(database, tenant_id)
@@ -197,12 +199,13 @@ async def test_relay_killed_mid_stream_loses_nothing(
     second = RelayProcess(relay_env)
     relay_processes.append(second)
     expected = await stream
-
-    assert settings.kafka_bootstrap is not None
-    received = await asyncio.to_thread(
-        read_topic, settings.kafka_bootstrap, settings.kafka_topic,
-        expected=expected, deadline_seconds=25, keep=of_tenant(tenant_id),
-    )  # fmt: skip
+    received = await tenant_events(
+        settings.kafka_bootstrap,
+        settings.kafka_topic,
+        tenant_id,
+        expected=expected,
+        deadline_seconds=25,
+    )
     assert {r.id for r in received} == set(await outbox_event_ids(database, tenant_id))
     assert len({r.id for r in received}) == expected == 600
     assert_wallet_order(received)
@@ -246,10 +249,13 @@ async def test_paused_broker_delays_events_and_loses_none(
         finally:
             stack.kafka.resume()
         await eventually(lambda: drained(database, tenant_id), 20, "backlog drained")
-        received = await asyncio.to_thread(
-            read_topic, settings.kafka_bootstrap, settings.kafka_topic,
-            expected=before + during, deadline_seconds=15, keep=of_tenant(tenant_id),
-        )  # fmt: skip
+        received = await tenant_events(
+            settings.kafka_bootstrap,
+            settings.kafka_topic,
+            tenant_id,
+            expected=before + during,
+            deadline_seconds=15,
+        )
     assert {r.id for r in received} == set(await outbox_event_ids(database, tenant_id))
     assert len({r.id for r in received}) == 220
     assert_wallet_order(received)
@@ -291,12 +297,13 @@ async def test_one_relay_of_two_publishes_and_standby_takes_over(
     assert metrics_of(ports[1])["walletd_relay_leader"] == 1
     assert metrics_of(ports[1])["walletd_relay_events_published_total"] >= second_batch
     assert takeover_seconds < 5
-
-    assert settings.kafka_bootstrap is not None
-    received = await asyncio.to_thread(
-        read_topic, settings.kafka_bootstrap, settings.kafka_topic,
-        expected=first_batch + second_batch, deadline_seconds=15, keep=of_tenant(tenant_id),
-    )  # fmt: skip
+    received = await tenant_events(
+        settings.kafka_bootstrap,
+        settings.kafka_topic,
+        tenant_id,
+        expected=first_batch + second_batch,
+        deadline_seconds=15,
+    )
     assert len({r.id for r in received}) == 160
     assert_wallet_order(received)
     assert standby.stop() == 0, standby.output()
@@ -320,10 +327,9 @@ async def test_replay_republishes_the_same_events(
     async with relay_task(settings):
         expected = await post_stream(engine, tenant_id, wallets, 10)
         await eventually(lambda: drained(database, tenant_id), 10, "published")
-    original = await asyncio.to_thread(
-        read_topic, bootstrap, settings.kafka_topic,
-        expected=expected, deadline_seconds=15, keep=of_tenant(tenant_id),
-    )  # fmt: skip
+    original = await tenant_events(
+        bootstrap, settings.kafka_topic, tenant_id, expected=expected, deadline_seconds=15
+    )
 
     replay_topic = f"walletd.test.{uuid4()}"
     await asyncio.to_thread(ensure_topic, bootstrap, replay_topic, timeout_seconds=5)
@@ -334,10 +340,9 @@ async def test_replay_republishes_the_same_events(
         )
     finally:
         publisher.close()
-    replayed = await asyncio.to_thread(
-        read_topic, bootstrap, replay_topic,
-        expected=expected, deadline_seconds=15, keep=of_tenant(tenant_id),
-    )  # fmt: skip
+    replayed = await tenant_events(
+        bootstrap, replay_topic, tenant_id, expected=expected, deadline_seconds=15
+    )
     assert sent >= expected
     assert {r.id: r.event for r in replayed} == {r.id: r.event for r in original}
     assert len(replayed) == expected
@@ -449,11 +454,13 @@ async def test_leader_whose_session_is_cut_leads_again_and_loses_nothing(
         async with database.connection() as connection:
             new_leader = await relay_leader(connection)
         assert new_leader is not None and new_leader[0] != leader[0]
-    assert settings.kafka_bootstrap is not None
-    received = await asyncio.to_thread(
-        read_topic, settings.kafka_bootstrap, settings.kafka_topic,
-        expected=first + second, deadline_seconds=15, keep=of_tenant(tenant_id),
-    )  # fmt: skip
+    received = await tenant_events(
+        settings.kafka_bootstrap,
+        settings.kafka_topic,
+        tenant_id,
+        expected=first + second,
+        deadline_seconds=15,
+    )
     assert {r.id for r in received} == set(await outbox_event_ids(database, tenant_id))
     assert_wallet_order(received)
 
