@@ -8,45 +8,24 @@ isolate tests from each other.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
-from uuid import uuid4
 
-import asyncpg
 import pytest
 
 from tests.support.api import ApiHarness, api_harness
+from tests.support.databases import fresh_database
 from walletd.adapters.embedded import ServiceEndpoints
-from walletd.adapters.migrations import upgrade
 from walletd.adapters.postgres import Database
 from walletd.settings import Settings
 
 pytest_plugins = ["tests.support.services"]
 
 
-def _admin_url(database_url: str) -> str:
-    base, _, _ = database_url.rpartition("/")
-    return f"{base}/postgres"
-
-
 @pytest.fixture(scope="session")
 def database_url(endpoints: ServiceEndpoints) -> Iterator[str]:
     """A fresh, migrated database for this session."""
-    import asyncio
-
-    name = f"walletd_test_{uuid4().hex[:12]}"
-    admin_url = _admin_url(endpoints.database_url)
-
-    async def create() -> None:
-        connection = await asyncpg.connect(admin_url)
-        try:
-            await connection.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await connection.close()
-
-    asyncio.run(create())
-    url = f"{admin_url.rpartition('/')[0]}/{name}"
-    upgrade(url)
-    yield url
+    yield asyncio.run(fresh_database(endpoints.database_url))
 
 
 @pytest.fixture

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from uuid import uuid4
-
 import asyncpg
 import orjson
 import pytest
 from bench import big_wallet
 
+from tests.support.databases import fresh_database
 from walletd.adapters.embedded import ServiceEndpoints
-from walletd.adapters.migrations import upgrade
 from walletd.service_layer.audit import run_audit
 from walletd.service_layer.tenants import create_api_key
 
@@ -18,15 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_a_small_big_wallet_passes_the_audit(endpoints: ServiceEndpoints) -> None:
-    base = endpoints.database_url.rpartition("/")[0]
-    name = f"walletd_big_{uuid4().hex[:12]}"
-    admin = await asyncpg.connect(f"{base}/postgres")
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = f"{base}/{name}"
-    upgrade(url)
+    url = await fresh_database(endpoints.database_url)
     connection = await asyncpg.connect(url)
     try:
         key = await create_api_key(connection, "big-wallet", ["read"])
