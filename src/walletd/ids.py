@@ -1,11 +1,11 @@
 """Identifiers made in-process, without a system call per id.
 
-:func:`new_id` gives the ids of ledger rows (transactions, entries, events, holds,
-wallets): UUIDv7 (RFC 9562), a 48-bit millisecond timestamp then 74 random bits. The
-rows of a moment sit next to each other in every index on their id, so PostgreSQL
-appends to the right edge of its B-trees instead of touching a random page per
-insert. The random bits come from ``os.urandom`` in 4 KiB draws; a forked child drops
-its parent's unused bytes.
+:func:`new_id` gives the ids of the rows walletd makes (wallets, transactions, entries,
+holds, events, tenants, API keys): UUIDv7 (RFC 9562), a 48-bit millisecond timestamp
+then 74 random bits. The rows of a moment sit next to each other in every index on
+their id, so PostgreSQL appends to the right edge of its B-trees instead of touching a
+random page per insert. The random bits come from ``os.urandom`` in 4 KiB draws; a
+forked child drops its parent's unused bytes.
 
 :func:`process_unique_id` gives request ids and Redis lock tokens, which need
 uniqueness, not secrecy: a random prefix per process (renewed in a forked child), then
