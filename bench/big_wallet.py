@@ -27,7 +27,7 @@ import asyncpg
 import orjson
 
 from walletd import jsontext
-from walletd.adapters.ledger_store import LOCK_WALLETS, ensure_system_wallet, wallet_state
+from walletd.adapters.ledger_store import LOCK_ANY_WALLETS, ensure_system_wallet, wallet_state
 from walletd.domain.events import OutboxEvent, cloud_event, entry_events
 from walletd.domain.hashing import canonical_timestamp
 from walletd.domain.ledger import Limits, Movement, WalletState, WalletStatus, post_movement
@@ -247,7 +247,8 @@ async def _new_wallet(
 
 async def _lock(connection: asyncpg.Connection, tenant_id: UUID, wallet_id: UUID) -> WalletState:
     """The engine's lock statement (this connection decodes jsonb as text, not dicts)."""
-    (row,) = await connection.fetch(LOCK_WALLETS, tenant_id, [wallet_id])
+    (row,) = await connection.fetch(LOCK_ANY_WALLETS, [wallet_id], [])
+    assert row["tenant_id"] == tenant_id
     return wallet_state({**dict(row), "limits": orjson.loads(row["limits"])})  # type: ignore[arg-type]
 
 

@@ -37,7 +37,7 @@ from walletd.adapters.ledger_store import ensure_system_wallet
 from walletd.adapters.migrations import upgrade
 from walletd.adapters.postgres import Database
 from walletd.domain.commands import Credit, Transfer
-from walletd.service_layer.posting import PostingEngine
+from walletd.service_layer.engine import Engine
 from walletd.service_layer.tenants import create_api_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ async def tenant_with_wallets(database: Database) -> tuple[UUID, list[UUID]]:
     return new_key.tenant_id, wallets
 
 
-async def fund(engine: PostingEngine, tenant_id: UUID, wallets: list[UUID]) -> None:
+async def fund(engine: Engine, tenant_id: UUID, wallets: list[UUID]) -> None:
     """One credit per wallet, so that the load can be plain transfers."""
     for start in range(0, len(wallets), 100):
         chunk = wallets[start : start + 100]
@@ -93,7 +93,7 @@ async def fund(engine: PostingEngine, tenant_id: UUID, wallets: list[UUID]) -> N
 
 
 async def post_at_rate(
-    engine: PostingEngine, tenant_id: UUID, wallets: list[UUID], total: int, rate: float | None
+    engine: Engine, tenant_id: UUID, wallets: list[UUID], total: int, rate: float | None
 ) -> dict[str, float]:
     """``total`` transfers (2 events each) from WRITERS tasks, paced to ``rate``/s if given.
 
@@ -152,7 +152,7 @@ async def wait_drained(database: Database, tenant_id: UUID, timeout_seconds: flo
 
 async def drain_phase(database: Database, env: dict[str, str], postings: int) -> dict[str, Any]:
     tenant_id, wallets = await tenant_with_wallets(database)
-    engine = PostingEngine(database)
+    engine = Engine(database)
     await fund(engine, tenant_id, wallets)
     await post_at_rate(engine, tenant_id, wallets, postings, None)
     relay = start_relay(env)
@@ -202,7 +202,7 @@ async def lag_phase(
     database: Database, env: dict[str, str], rate: int, seconds: float
 ) -> dict[str, Any]:
     tenant_id, wallets = await tenant_with_wallets(database)
-    engine = PostingEngine(database)
+    engine = Engine(database)
     await fund(engine, tenant_id, wallets)
     relay = start_relay(env)
     context = multiprocessing.get_context("spawn")

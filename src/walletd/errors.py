@@ -24,6 +24,7 @@
     ├── IdempotencyKeyReused          422 idempotency_key_reused
     ├── RateLimited                   429 rate_limited
     └── Unavailable                   503 unavailable
+        └── TimedOut                  503 (a statement or lock wait hit its server-side bound)
 
 Domain code raises these; no other module builds an error response.
 """
@@ -145,3 +146,11 @@ class Unavailable(WalletdError):
     def __init__(self, detail: str | None = None, retry_after_seconds: int = 1) -> None:
         super().__init__(detail)
         self.retry_after_seconds = retry_after_seconds
+
+
+class TimedOut(Unavailable):
+    """One transaction ran into ``statement_timeout`` or ``lock_timeout``: not an outage.
+
+    The group committer retries the requests of such a group one by one, so only the
+    request that waits on a stuck lock or statement answers 503.
+    """

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     database_pool_max: int = Field(default=20, ge=1, le=500)
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     database_acquire_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Server-side bounds on the API's database sessions (0 turns one off): a stuck
+    # statement or lock wait ends as a 503 instead of holding a group forever.
+    database_statement_timeout_seconds: float = Field(default=10.0, ge=0, le=3600)
+    database_lock_timeout_seconds: float = Field(default=5.0, ge=0, le=3600)
+    database_idle_in_transaction_timeout_seconds: float = Field(default=30.0, ge=0, le=3600)
     redis_timeout_seconds: float = Field(default=0.05, gt=0, le=10)
     kafka_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
 
@@ -40,6 +45,16 @@ class Settings(BaseSettings):
     group_commit_max_batch: int = Field(default=256, ge=1, le=4096)
     group_commit_max_in_flight: int = Field(default=2, ge=1, le=64)
     log_level: str = "INFO"
+
+    def database_session_settings(self) -> dict[str, str]:
+        """PostgreSQL settings of every API connection (milliseconds, as the server takes)."""
+        return {
+            "statement_timeout": str(int(self.database_statement_timeout_seconds * 1000)),
+            "lock_timeout": str(int(self.database_lock_timeout_seconds * 1000)),
+            "idle_in_transaction_session_timeout": str(
+                int(self.database_idle_in_transaction_timeout_seconds * 1000)
+            ),
+        }
 
 
 def load_settings(**overrides: object) -> Settings:

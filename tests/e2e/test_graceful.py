@@ -31,8 +31,8 @@ import httpx
 import pytest
 
 from tests.support.api import ApiHarness
+from walletd.entrypoints.bootstrap import Services
 from walletd.entrypoints.http.app import create_app
-from walletd.entrypoints.http.deps import Services
 from walletd.service_layer.tenants import create_api_key
 from walletd.settings import Settings
 

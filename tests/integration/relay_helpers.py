@@ -26,8 +26,9 @@ from confluent_kafka.admin import AdminClient
 
 from walletd.adapters.ledger_store import ensure_system_wallet
 from walletd.adapters.postgres import Database
+from walletd.domain.book import ItemFailure
 from walletd.domain.commands import Credit, PostingCommand, Transfer
-from walletd.service_layer.posting import ItemFailure, PostingEngine
+from walletd.service_layer.engine import Engine
 from walletd.service_layer.tenants import create_api_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +88,7 @@ def stream_commands(
 
 
 async def post_stream(
-    engine: PostingEngine,
+    engine: Engine,
     tenant_id: UUID,
     wallets: Sequence[UUID],
     count: int,

@@ -1,6 +1,6 @@
 """``walletd audit`` against real PostgreSQL: a clean ledger passes, every tampering is named.
 
-One small ledger is posted through the :class:`PostingEngine` into a template database
+One small ledger is posted through the :class:`Engine` into a template database
 (module scope); each test audits its OWN copy (``CREATE DATABASE … TEMPLATE``), changes
 it behind the engine's back as superuser with ``session_replication_role = replica``
 (which silences the append-only and balance triggers), and checks which invariant the
@@ -36,7 +36,7 @@ from walletd.domain.hashing import canonical_entry, chain_hash
 from walletd.domain.records import Transaction
 from walletd.errors import Unavailable
 from walletd.service_layer.audit import AuditOptions, AuditReport, run_audit
-from walletd.service_layer.posting import PostingEngine
+from walletd.service_layer.engine import Engine
 from walletd.service_layer.tenants import create_api_key
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,7 @@ async def admin_execute(admin_url: str, sql: str) -> None:
         await connection.close()
 
 
-async def post_one(engine: PostingEngine, tenant_id: UUID, command: PostingCommand) -> Transaction:
+async def post_one(engine: Engine, tenant_id: UUID, command: PostingCommand) -> Transaction:
     [result] = await engine.post(tenant_id, [command])
     assert isinstance(result, Transaction), result
     return result
@@ -99,7 +99,7 @@ async def seed(url: str) -> Seeded:
                     wallet_id,
                     key.tenant_id,
                 )
-        engine, tenant = PostingEngine(database), key.tenant_id
+        engine, tenant = Engine(database), key.tenant_id
         credit_alice = await post_one(engine, tenant, Credit(alice, 10_000, "EUR"))
         credit_bob = await post_one(engine, tenant, Credit(bob, 5_000, "EUR"))
         transfer_alice_bob = await post_one(engine, tenant, Transfer(alice, bob, 2_500, "EUR"))

@@ -14,24 +14,27 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from walletd.entrypoints.http import deps
-from walletd.entrypoints.http.app import build_services
-from walletd.entrypoints.http.deps import AUTH_CACHE_SECONDS, Services
+from walletd.adapters.postgres import Database
 from walletd.errors import Unauthorized
-from walletd.service_layer import tenants
-from walletd.settings import Settings
+from walletd.service_layer import key_cache, tenants
+from walletd.service_layer.key_cache import AUTH_CACHE_SECONDS, KeyCache
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def services(database_url: str) -> AsyncIterator[Services]:
-    built = build_services(Settings(database_url=database_url))
-    await built.database.connect()
+async def database(database_url: str) -> AsyncIterator[Database]:
+    db = Database(database_url, min_size=1, max_size=4)
+    await db.connect()
     try:
-        yield built
+        yield db
     finally:
-        await built.database.close()
+        await db.close()
+
+
+@pytest.fixture
+def services(database: Database) -> KeyCache:
+    return KeyCache(database)
 
 
 @pytest.fixture
@@ -44,17 +47,17 @@ def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         seen.append(secret)
         return await real(connection, secret)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(deps.tenants, "authenticate", counted)
+    monkeypatch.setattr(key_cache.tenants, "authenticate", counted)
     return seen
 
 
-async def new_secret(services: Services) -> str:
-    async with services.database.connection() as connection:
+async def new_secret(services: KeyCache) -> str:
+    async with services._database.connection() as connection:
         key = await tenants.create_api_key(connection, f"auth-{uuid.uuid4().hex[:8]}", ["write"])
     return key.secret
 
 
-async def test_concurrent_requests_share_one_lookup(services: Services, lookups: list[str]) -> None:
+async def test_concurrent_requests_share_one_lookup(services: KeyCache, lookups: list[str]) -> None:
     secret = await new_secret(services)
     principals = await asyncio.gather(*(services.authenticate(secret) for _ in range(50)))
     assert len({p.key_id for p in principals}) == 1
@@ -62,28 +65,30 @@ async def test_concurrent_requests_share_one_lookup(services: Services, lookups:
 
 
 async def test_a_key_in_use_is_refreshed_before_it_expires(
-    services: Services, lookups: list[str]
+    services: KeyCache, lookups: list[str]
 ) -> None:
     secret = await new_secret(services)
     principal = await services.authenticate(secret)
-    expires, _ = services._auth_cache[secret]
+    expires = services.expiry(secret)
+    assert expires is not None
     # Into the last second: the cached answer still serves, and one lookup starts.
-    services._auth_cache[secret] = (time.monotonic() + 0.5, principal)
+    services.set_expiry(secret, time.monotonic() + 0.5)
     assert [services.cached_principal(secret) for _ in range(20)] == [principal] * 20
     await asyncio.sleep(0.2)
     assert lookups == [secret, secret]
-    renewed, _ = services._auth_cache[secret]
+    renewed = services.expiry(secret)
+    assert renewed is not None
     assert renewed >= expires and renewed > time.monotonic() + AUTH_CACHE_SECONDS - 1
 
 
-async def test_a_key_revoked_meanwhile_is_dropped_by_the_refresh(services: Services) -> None:
+async def test_a_key_revoked_meanwhile_is_dropped_by_the_refresh(services: KeyCache) -> None:
     secret = await new_secret(services)
     principal = await services.authenticate(secret)
-    async with services.database.connection() as connection:
+    async with services._database.connection() as connection:
         await connection.execute(
             "UPDATE api_keys SET revoked_at = now() WHERE id = $1", principal.key_id
         )
-    services._auth_cache[secret] = (time.monotonic() + 0.5, principal)
+    services.set_expiry(secret, time.monotonic() + 0.5)
     assert services.cached_principal(secret) == principal  # starts the refresh
     await asyncio.sleep(0.2)
     assert services.cached_principal(secret) is None

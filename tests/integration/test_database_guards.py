@@ -10,9 +10,10 @@ import asyncpg
 import pytest
 
 from walletd.adapters.postgres import Database
+from walletd.domain.book import ItemFailure
 from walletd.domain.commands import Credit, Transfer
 from walletd.domain.records import Transaction
-from walletd.service_layer.posting import ItemFailure, PostingEngine
+from walletd.service_layer.engine import Engine
 from walletd.service_layer.tenants import create_api_key
 
 pytestmark = pytest.mark.integration
@@ -121,7 +122,7 @@ async def test_balanced_entries_are_accepted_in_one_statement(database: Database
 
 async def test_entries_cannot_be_changed_or_deleted(database: Database) -> None:
     tenant_id, (wallet_id,) = await _tenant_with_wallets(database, 1)
-    (posted,) = await PostingEngine(database).post(tenant_id, [Credit(wallet_id, 10, "EUR")])
+    (posted,) = await Engine(database).post(tenant_id, [Credit(wallet_id, 10, "EUR")])
     assert isinstance(posted, Transaction)
     async with database.connection() as connection:
         with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
@@ -141,7 +142,7 @@ async def test_balance_floor_is_a_table_constraint(database: Database) -> None:
 
 async def test_one_entry_per_wallet_version(database: Database) -> None:
     tenant_id, (wallet_id,) = await _tenant_with_wallets(database, 1)
-    (posted,) = await PostingEngine(database).post(tenant_id, [Credit(wallet_id, 10, "EUR")])
+    (posted,) = await Engine(database).post(tenant_id, [Credit(wallet_id, 10, "EUR")])
     assert isinstance(posted, Transaction)
     async with database.connection() as connection:
         entry = await connection.fetchrow("SELECT * FROM entries WHERE wallet_id = $1", wallet_id)
@@ -158,7 +159,7 @@ async def test_one_entry_per_wallet_version(database: Database) -> None:
 
 async def test_two_writers_racing_for_the_last_funds_exactly_one_wins(database: Database) -> None:
     tenant_id, (source, first, second) = await _tenant_with_wallets(database, 3)
-    engine_a, engine_b = PostingEngine(database), PostingEngine(database)
+    engine_a, engine_b = Engine(database), Engine(database)
     await engine_a.post(tenant_id, [Credit(source, 100, "EUR")])
     results = await asyncio.gather(
         engine_a.post(tenant_id, [Transfer(source, first, 100, "EUR")]),
@@ -177,7 +178,7 @@ async def test_two_writers_racing_for_the_last_funds_exactly_one_wins(database: 
 
 async def test_non_atomic_batch_isolates_failures(database: Database) -> None:
     tenant_id, (rich, poor, target) = await _tenant_with_wallets(database, 3)
-    engine = PostingEngine(database)
+    engine = Engine(database)
     await engine.post(tenant_id, [Credit(rich, 50, "EUR")])
     results = await engine.post(
         tenant_id,

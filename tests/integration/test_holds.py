@@ -13,8 +13,10 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from tests.support.ledger import Holds
 from walletd.adapters.ledger_queries import get_transaction
 from walletd.adapters.postgres import Database
+from walletd.domain.book import ItemFailure
 from walletd.domain.commands import Credit, Debit
 from walletd.domain.ledger import Limits
 from walletd.domain.records import Hold, Wallet
@@ -31,8 +33,7 @@ from walletd.errors import (
     WalletFrozen,
     WalletNotEmpty,
 )
-from walletd.service_layer.holds import HoldService
-from walletd.service_layer.posting import ItemFailure, PostingEngine
+from walletd.service_layer.engine import Engine
 from walletd.service_layer.tenants import Principal, create_api_key
 from walletd.service_layer.wallets import WalletService
 
@@ -46,9 +47,9 @@ class Ledger:
         self.database = database
         self.principal = principal
         self.tenant_id = principal.tenant_id
-        self.engine = PostingEngine(database)
+        self.engine = Engine(database)
         self.wallets = WalletService(database)
-        self.holds = HoldService(database, self.engine)
+        self.holds = Holds(database, self.engine)
 
     async def wallet(self, balance: int = 0, currency: str = "EUR", overdraft: int = 0) -> UUID:
         wallet = await self.wallets.create(
@@ -375,7 +376,7 @@ async def test_two_processes_expiring_at_once_expire_each_hold_exactly_once(
     for pool in pools:
         await pool.connect()
     try:
-        services = [HoldService(pool, PostingEngine(pool)) for pool in pools]
+        services = [Holds(pool, Engine(pool)) for pool in pools]
         await asyncio.gather(*(service.expire_due() for service in services * 2))
     finally:
         for pool in pools:

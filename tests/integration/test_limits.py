@@ -12,13 +12,14 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from tests.support.ledger import Holds
 from walletd.adapters.postgres import Database
+from walletd.domain.book import ItemFailure, Outcome
 from walletd.domain.commands import Credit, Debit, PostingCommand, Transfer
 from walletd.domain.ledger import Limits
 from walletd.domain.records import Transaction
 from walletd.errors import LimitExceeded
-from walletd.service_layer.holds import HoldService
-from walletd.service_layer.posting import ItemFailure, PostingEngine, PostingResult
+from walletd.service_layer.engine import Engine
 from walletd.service_layer.tenants import Principal, create_api_key
 from walletd.service_layer.wallets import WalletService
 
@@ -28,7 +29,7 @@ class Ledger:
 
     def __init__(self, database: Database, principal: Principal) -> None:
         self.database, self.principal = database, principal
-        self.engine = PostingEngine(database)
+        self.engine = Engine(database)
         self.wallets = WalletService(database)
         self.tenant_id = principal.tenant_id
 
@@ -42,14 +43,14 @@ class Ledger:
             await self.wallets.set_limits(self.principal, wallet.id, limits)
         return wallet.id
 
-    async def post(self, *commands: PostingCommand, atomic: bool = True) -> list[PostingResult]:
+    async def post(self, *commands: PostingCommand, atomic: bool = True) -> list[Outcome]:
         return await self.engine.post(self.tenant_id, list(commands), atomic=atomic)
 
-    async def debit(self, wallet_id: UUID, amount: int) -> PostingResult:
+    async def debit(self, wallet_id: UUID, amount: int) -> Outcome:
         (result,) = await self.post(Debit(wallet_id, amount, "EUR"))
         return result
 
-    async def transfer(self, source: UUID, destination: UUID, amount: int) -> PostingResult:
+    async def transfer(self, source: UUID, destination: UUID, amount: int) -> Outcome:
         (result,) = await self.post(Transfer(source, destination, amount, "EUR"))
         return result
 
@@ -69,14 +70,14 @@ async def ledger(database: Database) -> Ledger:
     return Ledger(database, Principal(key.key_id, key.tenant_id, frozenset(key.scopes)))
 
 
-def refused(result: PostingResult, limit_name: str) -> str:
+def refused(result: Outcome, limit_name: str) -> str:
     assert isinstance(result, ItemFailure), result
     assert isinstance(result.error, LimitExceeded)
     assert result.error.detail.startswith(f"{limit_name}:"), result.error.detail
     return result.error.detail
 
 
-def posted(result: PostingResult) -> Transaction:
+def posted(result: Outcome) -> Transaction:
     assert isinstance(result, Transaction), result
     assert result.status == "posted"
     return result
@@ -179,7 +180,7 @@ async def test_a_hold_is_checked_against_max_debit_amount_only_and_its_capture_i
 ) -> None:
     limits = Limits(max_debit_amount=500, daily_debit_amount=100, max_debits_per_minute=1)
     wallet = await ledger.wallet(funded=1_000, limits=limits)
-    holds = HoldService(ledger.database, ledger.engine)
+    holds = Holds(ledger.database, ledger.engine)
     with pytest.raises(LimitExceeded, match=r"^max_debit_amount: 501"):
         await holds.place(ledger.tenant_id, wallet_id=wallet, amount=501, currency="EUR")
     big = await holds.place(ledger.tenant_id, wallet_id=wallet, amount=400, currency="EUR")

@@ -22,7 +22,7 @@ from walletd.adapters.migrations import alembic_config, upgrade
 from walletd.adapters.postgres import Database
 from walletd.domain.commands import Credit, Debit, Transfer
 from walletd.domain.records import Transaction
-from walletd.service_layer.posting import PostingEngine
+from walletd.service_layer.engine import Engine
 from walletd.service_layer.tenants import create_api_key
 
 pytestmark = pytest.mark.integration
@@ -72,7 +72,7 @@ async def test_schema_and_postings_work_on_the_wheel_server(
                     key.tenant_id,
                     now,
                 )
-        engine = PostingEngine(database)
+        engine = Engine(database)
         results = await engine.post(
             key.tenant_id,
             [

@@ -40,7 +40,7 @@ from walletd.adapters.embedded import EmbeddedStack, ServiceEndpoints, free_port
 from walletd.adapters.kafka import EventPublisher, ensure_topic
 from walletd.adapters.postgres import Database
 from walletd.domain.commands import PostingCommand
-from walletd.service_layer.posting import PostingEngine
+from walletd.service_layer.engine import Engine
 from walletd.service_layer.relay import (
     ReplayFilter,
     delete_retained,
@@ -140,7 +140,7 @@ async def test_every_entry_has_exactly_one_event_in_wallet_order(
     database: Database, settings: Settings
 ) -> None:
     tenant_id, wallets = await tenant_with_wallets(database, 6)
-    engine = PostingEngine(database)
+    engine = Engine(database)
     async with relay_task(settings):
         # Four concurrent writers over the same wallets: commit order differs from id order.
         counts = await asyncio.gather(
@@ -185,7 +185,7 @@ async def test_relay_killed_mid_stream_loses_nothing(
     relay_processes: list[RelayProcess],
 ) -> None:
     tenant_id, wallets = await tenant_with_wallets(database, 5)
-    engine = PostingEngine(database)
+    engine = Engine(database)
     first = RelayProcess(relay_env)
     relay_processes.append(first)
     await eventually(lambda: _is_leader(database, first), 15, "the first relay leads")
@@ -232,7 +232,7 @@ async def test_paused_broker_delays_events_and_loses_none(
     assert stack.kafka is not None
     assert settings.kafka_bootstrap is not None
     tenant_id, wallets = await tenant_with_wallets(database, 4)
-    engine = PostingEngine(database)
+    engine = Engine(database)
     # Short broker waits: the relay gives up on its batch (6 waits of 0.5 s) during the pause.
     settings = settings.model_copy(update={"kafka_timeout_seconds": 0.5})
     async with relay_task(settings):
@@ -268,7 +268,7 @@ async def test_one_relay_of_two_publishes_and_standby_takes_over(
     relay_processes: list[RelayProcess],
 ) -> None:
     tenant_id, wallets = await tenant_with_wallets(database, 4)
-    engine = PostingEngine(database)
+    engine = Engine(database)
     ports = free_port(), free_port()
     while ports[1] == ports[0]:
         ports = ports[0], free_port()
@@ -322,7 +322,7 @@ async def test_replay_republishes_the_same_events(
 ) -> None:
     bootstrap = endpoints.kafka_bootstrap
     tenant_id, wallets = await tenant_with_wallets(database, 3)
-    engine = PostingEngine(database)
+    engine = Engine(database)
     since = datetime.now(UTC) - timedelta(seconds=1)
     async with relay_task(settings):
         expected = await post_stream(engine, tenant_id, wallets, 10)
@@ -410,7 +410,7 @@ async def test_replay_of_unknown_wallet_sends_nothing(
 
 async def test_retention_deletes_only_old_published_rows(database: Database) -> None:
     tenant_id, wallets = await tenant_with_wallets(database, 2)
-    await post_stream(PostingEngine(database), tenant_id, wallets, 3)  # 12 rows
+    await post_stream(Engine(database), tenant_id, wallets, 3)  # 12 rows
     async with database.connection() as connection:
         ids = [row["id"] for row in await connection.fetch(
             "SELECT id FROM outbox WHERE tenant_id = $1 ORDER BY id", tenant_id
@@ -440,7 +440,7 @@ async def test_leader_whose_session_is_cut_leads_again_and_loses_nothing(
     database: Database, settings: Settings
 ) -> None:
     tenant_id, wallets = await tenant_with_wallets(database, 4)
-    engine = PostingEngine(database)
+    engine = Engine(database)
     async with relay_task(settings):
         first = await post_stream(engine, tenant_id, wallets, 10)
         await eventually(lambda: drained(database, tenant_id), 10, "first stream published")
@@ -471,7 +471,7 @@ async def test_relay_lingers_after_a_busy_batch_only(
     linger = 2.0
     lingering = settings.model_copy(update={"outbox_linger_seconds": linger})
     tenant_id, wallets = await tenant_with_wallets(database, 4)
-    engine = PostingEngine(database)
+    engine = Engine(database)
 
     async def publish_seconds(commands: list[PostingCommand]) -> float:
         await engine.post(tenant_id, commands)

@@ -12,8 +12,10 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from tests.support.ledger import Holds, Reversals
 from walletd.adapters.ledger_queries import get_transaction
 from walletd.adapters.postgres import Database
+from walletd.domain.book import ItemFailure
 from walletd.domain.commands import Credit, Debit, PostingCommand, Transfer
 from walletd.domain.records import Transaction
 from walletd.errors import (
@@ -24,9 +26,7 @@ from walletd.errors import (
     WalletClosed,
     WalletdError,
 )
-from walletd.service_layer.holds import HoldService
-from walletd.service_layer.posting import ItemFailure, PostingEngine
-from walletd.service_layer.reversals import ReversalService
+from walletd.service_layer.engine import Engine
 from walletd.service_layer.tenants import Principal, create_api_key
 from walletd.service_layer.wallets import WalletService
 
@@ -37,10 +37,10 @@ class Ledger:
     def __init__(self, database: Database, principal: Principal) -> None:
         self.database, self.principal = database, principal
         self.tenant_id = principal.tenant_id
-        self.engine = PostingEngine(database)
+        self.engine = Engine(database)
         self.wallets = WalletService(database)
-        self.holds = HoldService(database, self.engine)
-        self.reversals = ReversalService(database)
+        self.holds = Holds(database, self.engine)
+        self.reversals = Reversals(self.engine)
 
     async def wallet(self, balance: int = 0, overdraft: int = 0) -> UUID:
         wallet = await self.wallets.create(

@@ -13,7 +13,9 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from tests.support.ledger import Reviews
 from walletd.adapters.postgres import Database
+from walletd.domain.book import ItemFailure, Outcome
 from walletd.domain.commands import Credit, Debit, PostingCommand, Transfer
 from walletd.domain.ledger import Limits
 from walletd.domain.records import Transaction
@@ -26,8 +28,7 @@ from walletd.errors import (
     ValidationFailed,
     WalletFrozen,
 )
-from walletd.service_layer.posting import ItemFailure, PostingEngine, PostingRequest, PostingResult
-from walletd.service_layer.reviews import ReviewService
+from walletd.service_layer.engine import Engine, Request
 from walletd.service_layer.risk_rules import RiskRuleService
 from walletd.service_layer.tenants import Principal, create_api_key
 from walletd.service_layer.wallets import WalletService
@@ -46,10 +47,10 @@ class Desk:
     def __init__(self, database: Database, principal: Principal) -> None:
         self.database, self.principal = database, principal
         self.tenant_id = principal.tenant_id
-        self.engine = PostingEngine(database)
+        self.engine = Engine(database)
         self.wallets = WalletService(database)
         self.rules = RiskRuleService(database)
-        self.reviews = ReviewService(database, self.engine)
+        self.reviews = Reviews(database, self.engine)
 
     async def wallet(self, funded: int = 0, currency: str = "EUR") -> UUID:
         wallet = await self.wallets.create(
@@ -59,7 +60,7 @@ class Desk:
             await self.post(Credit(wallet.id, funded, currency))
         return wallet.id
 
-    async def post(self, *commands: PostingCommand, atomic: bool = True) -> list[PostingResult]:
+    async def post(self, *commands: PostingCommand, atomic: bool = True) -> list[Outcome]:
         return await self.engine.post(self.tenant_id, list(commands), atomic=atomic)
 
     async def one(self, command: PostingCommand) -> Transaction:
@@ -419,12 +420,12 @@ async def test_one_group_screens_each_tenant_with_its_own_rules(
     await strict.rules.replace(strict.principal, [BIG_DEBITS])
     payers = [await strict.wallet(funded=5_000), await lax.wallet(funded=5_000)]
     payees = [await strict.wallet(), await lax.wallet()]
-    engine = PostingEngine(database)
+    engine = Engine(database)
     # One transaction for both tenants: the lock statement reads the strict tenant's
     # rules, and the lax tenant has none.
     outcomes = await engine.post_group(
         [
-            PostingRequest(owner.tenant_id, [Transfer(payer, payee, 1_000, "EUR")])
+            Request(owner.tenant_id, [Transfer(payer, payee, 1_000, "EUR")])
             for owner, payer, payee in zip((strict, lax), payers, payees, strict=True)
         ]
     )

@@ -186,6 +186,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if not source.is_system and movement.type in ("debit", "transfer", "capture"):
             model, limits = self.debits[source.id], source.limits
             spent = model.day_total if model.day == self.now.date() else 0
+            if spent + movement.amount > MAX_BALANCE:  # the stored daily total is a bigint
+                broken.add(ValidationFailed)
             if limits.daily_debit_amount is not None and (
                 spent + movement.amount > limits.daily_debit_amount
             ):

@@ -10,22 +10,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from walletd.domain.ledger import Limits, Movement, WalletState, WalletStatus
+from walletd.domain.ledger import Limits, Movement, WalletState, WalletStatus, hold_for_review
 from walletd.domain.risk import (
     MAX_RULES,
     AmountAtLeast,
     DistinctRecipients,
     Payment,
+    RiskScreen,
     YoungWallet,
     evaluate_risk,
-    hold_for_review,
     parse_rules,
     recipients_window,
     rule_fires,
     rules_json,
 )
 from walletd.errors import InsufficientFunds, LimitExceeded, ValidationFailed
-from walletd.service_layer.risk_rules import RiskScreen
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 PAYER = UUID(int=1)
@@ -238,6 +237,15 @@ def test_hold_for_review_holds_the_amount_without_moving_money() -> None:
     assert payer.debit_day_total == 0
 
 
+def test_a_capture_sent_to_review_keeps_only_the_captured_amount_held() -> None:
+    payer, payee = wallet(1000), wallet(0)
+    payer.held_balance = 700  # a hold of 700, 400 of it captured into review
+    states = {payer.id: payer, payee.id: payee}
+    capture = Movement("capture", payer.id, payee.id, 400, "EUR", release_held=700)
+    hold_for_review(states, capture, NOW)
+    assert (payer.balance, payer.held_balance, payer.version) == (1000, 400, 0)
+
+
 def test_hold_for_review_applies_the_floor_and_the_limits() -> None:
     payer, payee = wallet(1000), wallet(0)
     states = {payer.id: payer, payee.id: payee}
@@ -249,8 +257,12 @@ def test_hold_for_review_applies_the_floor_and_the_limits() -> None:
     assert payer.held_balance == 0
 
 
-def _transfer(to: UUID) -> Movement:
-    return Movement("transfer", PAYER, to, 100, "EUR")
+def _record(screen: RiskScreen, to: UUID) -> None:
+    screen.record(PAYER, to, NOW)
+
+
+def _check(screen: RiskScreen, to: UUID) -> str | None:
+    return screen.check(_payer(), to, 100, "EUR", NOW)
 
 
 def _payer() -> WalletState:
@@ -263,16 +275,16 @@ def test_a_screen_restored_to_a_mark_forgets_only_what_came_after_it() -> None:
     fan_out = one(rule("fan", "distinct_recipients", {"count": 2, "window_minutes": 10}))
     a, b, c = uuid4(), uuid4(), uuid4()
     screen = RiskScreen(UUID(int=9), [fan_out], {PAYER: {a: NOW - timedelta(minutes=20)}})
-    screen.record(_transfer(b), NOW)
+    _record(screen, b)
     mark = screen.checkpoint()
-    screen.record(_transfer(c), NOW)  # a new recipient …
-    screen.record(_transfer(a), NOW)  # … and one seen before, now inside the window
-    assert screen.check(_transfer(uuid4()), _payer(), NOW) == "fan"
+    _record(screen, c)  # a new recipient …
+    _record(screen, a)  # … and one seen before, now inside the window
+    assert _check(screen, uuid4()) == "fan"
     screen.restore(mark)
     # back to: a outside the window, b inside; c forgotten
-    assert screen.check(_transfer(c), _payer(), NOW) is None
-    screen.record(_transfer(c), NOW)
-    assert screen.check(_transfer(uuid4()), _payer(), NOW) == "fan"
+    assert _check(screen, c) is None
+    _record(screen, c)
+    assert _check(screen, uuid4()) == "fan"
 
 
 def test_a_wallet_snapshot_is_equal_and_independent() -> None:

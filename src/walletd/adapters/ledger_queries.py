@@ -19,10 +19,13 @@ ENTRY_COLUMNS = """
     id, transaction_id, wallet_id, currency, amount, balance_after, wallet_version, hash, created_at
 """
 
-SELECT_TRANSACTION = """
-SELECT id, tenant_id, type, status, amount, currency, reference, metadata, from_wallet_id,
-       to_wallet_id, reverses_transaction_id, hold_id, review_rule, created_at
-FROM transactions WHERE tenant_id = $1 AND id = $2
+TRANSACTION_COLUMNS = """
+    id, tenant_id, type, status, amount, currency, reference, metadata, from_wallet_id,
+    to_wallet_id, reverses_transaction_id, hold_id, review_rule, created_at
+"""
+
+SELECT_TRANSACTION = f"""
+SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE tenant_id = $1 AND id = $2
 """
 
 SELECT_TRANSACTION_ENTRIES = f"""

@@ -1,9 +1,12 @@
-"""The SQL that moves money, as a handful of named statements.
+"""The SQL that moves money, as a handful of named statements: the engine's only SQL.
 
-Wallet rows are locked with ``SELECT … ORDER BY id FOR UPDATE`` (one fixed order,
-so no two postings can deadlock) and everything a posting writes — transactions,
-entries, the wallets' new balances, outbox events and the idempotency record —
-goes in ONE statement of data-modifying CTEs, in the same database transaction.
+Lock order, for every command: wallet rows (``SELECT … ORDER BY id FOR UPDATE``), then
+hold rows, then referenced transaction rows, each in id order — one fixed order, so no
+two groups can deadlock. Everything a group writes — transactions, entries, the
+wallets' new balances, outbox events and the idempotency records — goes in ONE
+statement of data-modifying CTEs (:data:`WRITE_POSTINGS`); holds, review decisions and
+admin log rows, when a group has any, go in the named statements beside it, in the
+same database transaction (:func:`write_book`).
 """
 
 from __future__ import annotations
@@ -16,9 +19,17 @@ from uuid import UUID
 import asyncpg
 
 from walletd import jsontext
+from walletd.adapters.hold_store import HOLD_COLUMNS, hold_record
+from walletd.adapters.ledger_queries import (
+    ENTRY_COLUMNS,
+    TRANSACTION_COLUMNS,
+    entry_record,
+    transaction_record,
+)
+from walletd.domain.book import Book
 from walletd.domain.events import OutboxEvent
 from walletd.domain.ledger import Entry, Limits, WalletState, WalletStatus
-from walletd.domain.records import Transaction
+from walletd.domain.records import Hold, Transaction
 from walletd.ids import new_id
 
 WALLET_STATE_COLUMNS = """
@@ -26,12 +37,18 @@ WALLET_STATE_COLUMNS = """
     version, last_hash, limits, debit_day, debit_day_total, created_at, updated_at
 """
 
-LOCK_WALLETS = f"""
-SELECT {WALLET_STATE_COLUMNS}
-FROM wallets
-WHERE tenant_id = $1 AND id = ANY($2::uuid[])
-ORDER BY id
-FOR UPDATE
+# Before a group is written: for each keyed request, whether its key is already bound
+# (its answer is replayed from here, never by failing the group's write) and, when
+# Redis could not lock it, whether another transaction holds the key's advisory lock.
+CHECK_KEYS = """
+SELECT k.position,
+       CASE WHEN k.claim THEN NOT pg_try_advisory_xact_lock(hashtextextended(k.claim_name, 0))
+            ELSE false END AS in_use,
+       EXISTS (SELECT 1 FROM idempotency_keys i
+               WHERE i.tenant_id = k.tenant_id AND i.key = k.key) AS taken
+FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::text[]) WITH ORDINALITY
+     AS k(tenant_id, key, claim, claim_name, position)
+ORDER BY k.position
 """
 
 # The group's wallets, locked in id order, each with its tenant's risk rules (as text)
@@ -64,11 +81,65 @@ SELECT_SYSTEM_WALLET = """
 SELECT id FROM wallets WHERE tenant_id = $1 AND currency = $2 AND is_system
 """
 
-COUNT_RECENT_DEBITS = """
-SELECT count(*)
-FROM entries e JOIN transactions t ON t.id = e.transaction_id
-WHERE e.wallet_id = $1 AND e.amount < 0 AND e.created_at > $2
-  AND t.type IN ('debit', 'transfer', 'capture')
+# Read before the locks, to know the wallets to lock (a hold's wallet never changes).
+SELECT_HOLDS = f"SELECT {HOLD_COLUMNS} FROM holds WHERE id = ANY($1::uuid[])"
+
+# Taken only while the holds' wallets are locked.
+LOCK_HOLDS = f"""
+SELECT {HOLD_COLUMNS} FROM holds WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+"""
+
+SELECT_TRANSACTIONS = f"""
+SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE id = ANY($1::uuid[])
+"""
+
+# Taken only while the transactions' wallets are locked: a reversal or a decision of
+# the same transaction locks the same wallets first, so what this reads is exact.
+LOCK_TRANSACTIONS = f"""
+SELECT {TRANSACTION_COLUMNS},
+       (SELECT r.id FROM transactions r WHERE r.reverses_transaction_id = t.id) AS reversed_by
+FROM transactions t WHERE t.id = ANY($1::uuid[]) ORDER BY t.id FOR UPDATE
+"""
+
+SELECT_ENTRIES_OF = f"""
+SELECT {ENTRY_COLUMNS} FROM entries WHERE transaction_id = ANY($1::uuid[])
+ORDER BY transaction_id, amount, wallet_id
+"""
+
+INSERT_HOLDS = """
+INSERT INTO holds (id, tenant_id, wallet_id, amount, currency, status, expires_at, created_at,
+                   updated_at)
+SELECT h.id, h.tenant_id, h.wallet_id, h.amount, h.currency, 'pending', h.expires_at,
+       h.created_at, h.created_at
+FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[], $6::timestamptz[],
+            $7::timestamptz[])
+     AS h(id, tenant_id, wallet_id, amount, currency, expires_at, created_at)
+"""
+
+# A hold leaves ``pending`` exactly once: the status guard makes a second finish a no-op
+# (and the caller asserts that every row changed).
+FINISH_HOLDS = """
+UPDATE holds AS h
+SET status = f.status, captured_amount = f.captured_amount, transaction_id = f.transaction_id,
+    updated_at = $6
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::uuid[], $5::uuid[])
+     AS f(id, status, captured_amount, transaction_id, tenant_id)
+WHERE h.id = f.id AND h.tenant_id = f.tenant_id AND h.status = 'pending'
+"""
+
+SET_DECISIONS = """
+UPDATE transactions AS t SET status = d.status, updated_at = $4
+FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS d(id, status, tenant_id)
+WHERE t.id = d.id AND t.tenant_id = d.tenant_id AND t.status = 'pending_review'
+"""
+
+INSERT_ACTIONS = """
+INSERT INTO audit_log (tenant_id, key_id, action, target_type, target_id, before, after)
+SELECT a.tenant_id, a.key_id, a.action, a.target_type, a.target_id, a.before::jsonb,
+       a.after::jsonb
+FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+     WITH ORDINALITY AS a(tenant_id, key_id, action, target_type, target_id, before, after, n)
+ORDER BY a.n
 """
 
 WRITE_POSTINGS = """
@@ -153,12 +224,21 @@ def wallet_state(row: asyncpg.Record) -> WalletState:
     )
 
 
-async def lock_wallets(
-    connection: asyncpg.Connection, tenant_id: UUID, wallet_ids: Iterable[UUID]
-) -> dict[UUID, WalletState]:
-    """Lock the tenant's wallets among ``wallet_ids`` in id order; missing ones are absent."""
-    rows = await connection.fetch(LOCK_WALLETS, tenant_id, sorted(set(wallet_ids)))
-    return {row["id"]: wallet_state(row) for row in rows}
+async def check_keys(
+    connection: asyncpg.Connection, keys: Sequence[tuple[UUID, str, bool, str]]
+) -> list[tuple[bool, bool]]:
+    """For each (tenant, key, claim in database, claim name): (in use, already bound)."""
+    if not keys:
+        return []
+    rows = await connection.fetch(
+        CHECK_KEYS,
+        [tenant for tenant, _, _, _ in keys],
+        [key for _, key, _, _ in keys],
+        [claim for _, _, claim, _ in keys],
+        [name for _, _, _, name in keys],
+    )
+    assert len(rows) == len(keys)
+    return [(row["in_use"], row["taken"]) for row in rows]
 
 
 async def lock_any_wallets(
@@ -197,29 +277,113 @@ async def ensure_system_wallet(
     return wallet_id
 
 
-async def count_recent_debits(
-    connection: asyncpg.Connection, wallet_id: UUID, since: datetime
-) -> int:
-    count: int = await connection.fetchval(COUNT_RECENT_DEBITS, wallet_id, since)
-    return count
+async def read_holds(
+    connection: asyncpg.Connection, hold_ids: Iterable[UUID], *, lock: bool
+) -> dict[UUID, Hold]:
+    """Holds by id (any tenant); ``lock`` only once their wallets are locked."""
+    wanted = sorted(set(hold_ids))
+    if not wanted:
+        return {}
+    rows = await connection.fetch(LOCK_HOLDS if lock else SELECT_HOLDS, wanted)
+    return {row["id"]: hold_record(row) for row in rows}
 
 
-async def write_postings(
+async def read_transactions(
+    connection: asyncpg.Connection, transaction_ids: Iterable[UUID], *, lock: bool
+) -> tuple[dict[UUID, Transaction], dict[UUID, UUID]]:
+    """Transactions by id (any tenant) with their entries, and original → its reversal.
+
+    ``lock`` only once their wallets are locked; without it, nothing is known reversed.
+    """
+    wanted = sorted(set(transaction_ids))
+    if not wanted:
+        return {}, {}
+    rows = await connection.fetch(LOCK_TRANSACTIONS if lock else SELECT_TRANSACTIONS, wanted)
+    entries: dict[UUID, list[Entry]] = {}
+    for entry_row in await connection.fetch(SELECT_ENTRIES_OF, wanted):
+        entries.setdefault(entry_row["transaction_id"], []).append(entry_record(entry_row))
+    found = {row["id"]: transaction_record(row, entries.get(row["id"], ())) for row in rows}
+    reversals = {row["id"]: row["reversed_by"] for row in rows if lock and row["reversed_by"]}
+    return found, reversals
+
+
+async def write_book(
     connection: asyncpg.Connection,
-    tenant_id: UUID,
-    transactions: Sequence[Transaction],
-    wallets: Sequence[WalletState],
-    events: Sequence[OutboxEvent],
-    idempotency_rows: Sequence[IdempotencyRow] = (),
+    book: Book,
+    idempotency_rows: Sequence[tuple[UUID, IdempotencyRow]],
 ) -> None:
-    """Write one tenant's postings, wallet states, events and idempotency rows."""
+    """Write everything a group's book produced, and the requests' stored answers."""
+    touched = sorted(set(book.touched))
     await write_group(
         connection,
-        transactions,
-        wallets,
-        [(tenant_id, event) for event in events],
-        [(tenant_id, row) for row in idempotency_rows],
+        book.transactions,
+        [book.wallets[wallet_id] for wallet_id in touched],
+        book.events,
+        idempotency_rows,
+        stored=book.decided,
     )
+    if book.new_holds:
+        await _insert_holds(connection, book.new_holds)
+    if book.finished_holds:
+        await _finish_holds(connection, book.finished_holds, book.at)
+    if book.decided:
+        await _set_decisions(connection, book.decided, book.at)
+    if book.actions:
+        await connection.execute(
+            INSERT_ACTIONS,
+            [action.tenant_id for action in book.actions],
+            [action.key_id for action in book.actions],
+            [action.action for action in book.actions],
+            [action.target_type for action in book.actions],
+            [action.target_id for action in book.actions],
+            [jsontext.dumps_text(action.before) for action in book.actions],
+            [jsontext.dumps_text(action.after) for action in book.actions],
+        )
+
+
+async def _insert_holds(connection: asyncpg.Connection, holds: Sequence[Hold]) -> None:
+    assert all(hold.status == "pending" and hold.amount > 0 for hold in holds)
+    await connection.execute(
+        INSERT_HOLDS,
+        [hold.id for hold in holds],
+        [hold.tenant_id for hold in holds],
+        [hold.wallet_id for hold in holds],
+        [hold.amount for hold in holds],
+        [hold.currency for hold in holds],
+        [hold.expires_at for hold in holds],
+        [hold.created_at for hold in holds],
+    )
+
+
+async def _finish_holds(
+    connection: asyncpg.Connection, holds: Sequence[Hold], at: datetime
+) -> None:
+    assert all(hold.status != "pending" for hold in holds)
+    assert len({hold.id for hold in holds}) == len(holds), "a hold finished twice"
+    status = await connection.execute(
+        FINISH_HOLDS,
+        [hold.id for hold in holds],
+        [hold.status for hold in holds],
+        [hold.captured_amount for hold in holds],
+        [hold.transaction_id for hold in holds],
+        [hold.tenant_id for hold in holds],
+        at,
+    )
+    assert status == f"UPDATE {len(holds)}", f"a hold was no longer pending: {status}"
+
+
+async def _set_decisions(
+    connection: asyncpg.Connection, decided: Sequence[Transaction], at: datetime
+) -> None:
+    assert all(transaction.status in ("posted", "rejected") for transaction in decided)
+    status = await connection.execute(
+        SET_DECISIONS,
+        [transaction.id for transaction in decided],
+        [transaction.status for transaction in decided],
+        [transaction.tenant_id for transaction in decided],
+        at,
+    )
+    assert status == f"UPDATE {len(decided)}", f"a review was no longer pending: {status}"
 
 
 async def write_group(

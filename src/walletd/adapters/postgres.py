@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 
 from walletd import jsontext
-from walletd.errors import Unavailable
+from walletd.errors import TimedOut, Unavailable
 
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -27,9 +27,18 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout
+    asyncpg.exceptions.LockNotAvailableError,  # lock_timeout
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.InternalClientError,
+)
+
+
+# A bound of the session reached (statement_timeout, lock_timeout): the database is up.
+TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.LockNotAvailableError,
 )
 
 
@@ -65,11 +74,13 @@ class Database:
         max_size: int = 20,
         command_timeout_seconds: float = 5.0,
         acquire_timeout_seconds: float = 2.0,
+        server_settings: dict[str, str] | None = None,
     ) -> None:
         self.url = url
         self._min_size, self._max_size = min_size, max_size
         self._command_timeout = command_timeout_seconds
         self.acquire_timeout = acquire_timeout_seconds
+        self._server_settings = {"application_name": "walletd", **(server_settings or {})}
         self._pool: asyncpg.Pool | None = None
 
     async def connect(self, *, connect_timeout_seconds: float = 10.0) -> None:
@@ -83,7 +94,7 @@ class Database:
                 timeout=connect_timeout_seconds,
                 init=init_connection,
                 reset=keep_session,
-                server_settings={"application_name": "walletd"},
+                server_settings=self._server_settings,
             )
         except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as error:
             raise Unavailable(
@@ -162,6 +173,8 @@ class UnitOfWork:
                     await self._transaction.rollback()
         finally:
             await self._release(exc_type, exc, traceback)
+        if exc is not None and isinstance(exc, TIMEOUT_ERRORS):
+            raise TimedOut(f"the database bounded a wait: {type(exc).__name__}") from exc
         if exc is not None and isinstance(exc, UNAVAILABLE_ERRORS):
             raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
 

@@ -1,24 +1,19 @@
 """SQL of the fraud controls: a tenant's risk rules, recent recipients, the review queue.
 
-A decided review (approved or rejected) is written by ONE statement: its entries (on
-approval), the wallets' new state (held funds released), the transaction's new
-status and its events, in the caller's database transaction, after the caller has
-locked the transaction row and then the wallet rows.
+A decided review is written by the engine, like every change of a balance
+(:func:`walletd.adapters.ledger_store.write_book`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from walletd.adapters import ledger_store
-from walletd.adapters.ledger_queries import transaction_record
-from walletd.domain.events import OutboxEvent
-from walletd.domain.ledger import WalletState
+from walletd.adapters.ledger_queries import TRANSACTION_COLUMNS, transaction_record
 from walletd.domain.records import Transaction
 
 SELECT_RULES = "SELECT risk_rules FROM tenants WHERE id = $1"
@@ -31,20 +26,21 @@ updated AS (
 SELECT old.risk_rules FROM old, updated
 """
 
-# Every recipient the payers sent a transfer to since $3 (posted ones through the
-# payer's entries, pending ones through the pending-review index), keeping only the
-# $4 most recent recipients per payer: no rule needs to know more than that.
+# Every user wallet the payers paid since $3 — transfers and captures to a wallet;
+# posted ones through the payer's entries, pending ones through the pending-review
+# index — keeping only the $4 most recent recipients per payer: no rule needs more.
 RECENT_RECIPIENTS = """
 WITH sent AS (
     SELECT e.wallet_id AS payer, t.to_wallet_id AS recipient, e.created_at AS at
     FROM entries e JOIN transactions t ON t.id = e.transaction_id
     WHERE e.wallet_id = ANY($2::uuid[]) AND e.created_at > $3 AND e.amount < 0
-      AND t.tenant_id = $1 AND t.type = 'transfer'
+      AND t.tenant_id = $1 AND t.type IN ('transfer', 'capture') AND t.to_wallet_id IS NOT NULL
     UNION ALL
     SELECT t.from_wallet_id, t.to_wallet_id, t.created_at
     FROM transactions t
     WHERE t.tenant_id = $1 AND t.status = 'pending_review' AND t.created_at > $3
-      AND t.type = 'transfer' AND t.from_wallet_id = ANY($2::uuid[])
+      AND t.type IN ('transfer', 'capture') AND t.to_wallet_id IS NOT NULL
+      AND t.from_wallet_id = ANY($2::uuid[])
 ),
 latest AS (
     SELECT payer, recipient, max(at) AS at FROM sent GROUP BY payer, recipient
@@ -57,26 +53,12 @@ ranked AS (
 SELECT payer, recipient, at FROM ranked WHERE position <= $4
 """
 
-TRANSACTION_COLUMNS = """
-    id, tenant_id, type, status, amount, currency, reference, metadata, from_wallet_id,
-    to_wallet_id, reverses_transaction_id, hold_id, review_rule, created_at
-"""
-
-LOCK_TRANSACTION = f"""
-SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE tenant_id = $1 AND id = $2 FOR UPDATE
-"""
-
 LIST_PENDING = f"""
 SELECT {TRANSACTION_COLUMNS} FROM transactions
 WHERE tenant_id = $1 AND status = 'pending_review'
   AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3))
 ORDER BY created_at, id
 LIMIT $4
-"""
-
-SET_DECISION = """
-UPDATE transactions SET status = $3, updated_at = $4
-WHERE tenant_id = $1 AND id = $2 AND status = 'pending_review'
 """
 
 
@@ -110,13 +92,6 @@ async def recent_recipients(
     return found
 
 
-async def lock_transaction(
-    connection: asyncpg.Connection, tenant_id: UUID, transaction_id: UUID
-) -> Transaction | None:
-    row = await connection.fetchrow(LOCK_TRANSACTION, tenant_id, transaction_id)
-    return transaction_record(row) if row else None
-
-
 async def list_pending(
     connection: asyncpg.Connection,
     tenant_id: UUID,
@@ -127,25 +102,3 @@ async def list_pending(
     after_time, after_id = after if after else (None, None)
     rows = await connection.fetch(LIST_PENDING, tenant_id, after_time, after_id, limit)
     return [transaction_record(row) for row in rows]
-
-
-async def write_decision(
-    connection: asyncpg.Connection,
-    decided: Transaction,
-    wallets: Sequence[WalletState],
-    events: Sequence[OutboxEvent],
-    at: datetime,
-) -> None:
-    """Write a decided review: its status, then entries, wallets and events as postings do."""
-    assert decided.status in ("posted", "rejected")
-    status = await connection.execute(
-        SET_DECISION, decided.tenant_id, decided.id, decided.status, at
-    )
-    assert status == "UPDATE 1", f"transaction {decided.id} was not pending review when written"
-    await ledger_store.write_group(
-        connection,
-        [],
-        wallets,
-        [(decided.tenant_id, event) for event in events],
-        stored=[decided],
-    )

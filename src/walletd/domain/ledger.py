@@ -29,6 +29,9 @@ from walletd.errors import (
 from walletd.ids import new_id
 
 TransactionType = Literal["credit", "debit", "transfer", "capture", "reversal"]
+# Money leaving a user wallet by its owner's wish: limits apply, and it counts
+# against the per-minute and daily totals.
+DEBIT_TYPES = frozenset({"debit", "transfer", "capture"})
 
 
 class WalletStatus(StrEnum):
@@ -130,7 +133,7 @@ class Movement:
 
 def counts_as_debit(movement: Movement) -> bool:
     """Money leaving a user wallet by the owner's wish: limits apply."""
-    return movement.type in ("debit", "transfer", "capture")
+    return movement.type in DEBIT_TYPES
 
 
 def check_can_pay(wallet: WalletState, amount: int, currency: str, *, reversal: bool) -> None:
@@ -173,14 +176,14 @@ def check_amount_limit(wallet: WalletState, amount: int) -> None:
 def check_debit_limits(wallet: WalletState, amount: int, at: datetime) -> None:
     """All limits on money leaving ``wallet`` at ``at`` (UTC day for the daily one)."""
     check_amount_limit(wallet, amount)
+    spent = wallet.debit_day_total if wallet.debit_day == at.date() else 0
+    checked_balance(spent + amount, "daily debit total")  # a stored counter: bigint too
     daily = wallet.limits.daily_debit_amount
-    if daily is not None:
-        spent = wallet.debit_day_total if wallet.debit_day == at.date() else 0
-        if spent + amount > daily:
-            raise LimitExceeded(
-                f"daily_debit_amount: {spent} already sent today, {amount} more is above"
-                f" the limit of {daily}"
-            )
+    if daily is not None and spent + amount > daily:
+        raise LimitExceeded(
+            f"daily_debit_amount: {spent} already sent today, {amount} more is above"
+            f" the limit of {daily}"
+        )
     per_minute = wallet.limits.max_debits_per_minute
     if per_minute is not None and wallet.debits_last_minute + 1 > per_minute:
         raise LimitExceeded(
@@ -278,3 +281,18 @@ def release_hold(wallet: WalletState, amount: int, at: datetime) -> None:
     assert 0 < amount <= wallet.held_balance
     wallet.held_balance -= amount
     wallet.updated_at = max(wallet.updated_at, at)
+
+
+def hold_for_review(wallets: dict[UUID, WalletState], movement: Movement, at: datetime) -> None:
+    """Reserve a movement sent to review: every posting check, then its amount held.
+
+    ``movement.release_held`` (a hold being captured) is freed and ``movement.amount``
+    stays held for the review. Limits are checked now but only counted when the
+    review is approved and posted.
+    """
+    source, destination = wallets[movement.source_id], wallets[movement.destination_id]
+    assert 0 <= movement.release_held <= source.held_balance, "release more than is held"
+    check_movement(source, destination, movement, at)
+    held = source.held_balance - movement.release_held + movement.amount
+    source.held_balance = checked_balance(held, "held balance")
+    source.updated_at = max(source.updated_at, at)

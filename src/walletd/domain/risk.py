@@ -17,10 +17,10 @@ from typing import Any, Literal
 from uuid import UUID
 
 from walletd.domain.events import OutboxEvent, cloud_event
-from walletd.domain.ledger import Movement, WalletState, check_movement
-from walletd.domain.money import MAX_AMOUNT, checked_balance, is_known_currency
+from walletd.domain.ledger import WalletState
+from walletd.domain.money import MAX_AMOUNT, is_known_currency
 from walletd.domain.records import Transaction
-from walletd.errors import ValidationFailed
+from walletd.errors import RiskRejected, ValidationFailed
 
 RuleAction = Literal["review", "reject"]
 PaymentKind = Literal["debit", "transfer"]
@@ -30,7 +30,6 @@ MAX_NAME_LENGTH = 100
 MAX_AGE_MINUTES = 525_600  # one year
 MAX_WINDOW_MINUTES = 10_080  # seven days: bounds the recipients query on a hot wallet
 MAX_RECIPIENT_COUNT = 1_000
-SCREENED_TYPES = frozenset({"debit", "transfer"})
 ACTIONS: tuple[RuleAction, ...] = ("review", "reject")
 
 
@@ -210,6 +209,88 @@ def rule_fires(rule: RiskRule, payment: Payment) -> bool:
     return len(recipients) > params.count
 
 
+class RiskScreen:
+    """The rules of one tenant plus what they need to know, for one group of commands.
+
+    :meth:`check` decides; :meth:`record` lets later payments of the group see a
+    recipient; :meth:`checkpoint` and :meth:`restore` undo records of a cancelled
+    request in O(1) per record. ``fired`` keeps each decision for the service layer to log.
+    """
+
+    def __init__(
+        self,
+        tenant_id: UUID,
+        rules: Sequence[RiskRule] = (),
+        recipients: dict[UUID, dict[UUID, datetime]] | None = None,
+    ) -> None:
+        self.tenant_id = tenant_id
+        self._rules = tuple(rules)
+        self._recipients = recipients if recipients is not None else {}
+        # What each record() replaced: (payer, recipient, previous time or None).
+        self._undo: list[tuple[UUID, UUID, datetime | None]] = []
+        self.fired: list[tuple[Payment, RiskDecision]] = []
+
+    def check(
+        self,
+        payer: WalletState,
+        recipient_id: UUID | None,
+        amount: int,
+        currency: str,
+        at: datetime,
+    ) -> str | None:
+        """None: post it; a rule name: send it to review; raises :class:`RiskRejected`.
+
+        A payment with a user wallet as ``recipient_id`` is a transfer, else a debit.
+        """
+        if not self._rules:
+            return None
+        payment = Payment(
+            kind="debit" if recipient_id is None else "transfer",
+            payer_id=payer.id,
+            payer_created_at=payer.created_at,
+            recipient_id=recipient_id,
+            amount=amount,
+            currency=currency,
+            at=at,
+            recent_recipients=self._recipients.get(payer.id, {}),
+        )
+        decision = evaluate_risk(self._rules, payment)
+        if decision is None:
+            return None
+        self.fired.append((payment, decision))
+        if decision.action == "reject":
+            raise RiskRejected(
+                f"risk rule {decision.rule.name!r} ({decision.rule.type}) rejected this"
+                f" {payment.kind}"
+            )
+        return decision.rule.name
+
+    def checkpoint(self) -> int:
+        """A mark for :meth:`restore`, which forgets what was recorded after it (O(1))."""
+        return len(self._undo)
+
+    def restore(self, mark: int) -> None:
+        """Forget the records made since ``mark`` (a cancelled request)."""
+        while len(self._undo) > mark:
+            payer, recipient, previous = self._undo.pop()
+            seen = self._recipients[payer]
+            if previous is None:
+                del seen[recipient]
+            else:
+                seen[recipient] = previous
+
+    def record(self, payer_id: UUID, recipient_id: UUID | None, at: datetime) -> None:
+        """A payment to a user wallet was posted or sent to review: later ones see it.
+
+        Without rules nothing reads the recipients, so nothing is recorded.
+        """
+        if not self._rules or recipient_id is None:
+            return
+        seen = self._recipients.setdefault(payer_id, {})
+        self._undo.append((payer_id, recipient_id, seen.get(recipient_id)))
+        seen[recipient_id] = at
+
+
 def evaluate_risk(rules: Sequence[RiskRule], payment: Payment) -> RiskDecision | None:
     """The decision for ``payment``: the first ``reject`` rule that fires wins over any
     ``review`` rule; else the first ``review`` rule that fires; else None (go ahead)."""
@@ -219,18 +300,6 @@ def evaluate_risk(rules: Sequence[RiskRule], payment: Payment) -> RiskDecision |
             if rule.action == action:
                 return RiskDecision(rule)
     return None
-
-
-def hold_for_review(wallets: dict[UUID, WalletState], movement: Movement, at: datetime) -> None:
-    """Reserve a movement sent to review: every posting check, then ``held_balance`` up.
-
-    Limits are checked now but only counted when the review is approved and posted.
-    """
-    assert movement.release_held == 0
-    source, destination = wallets[movement.source_id], wallets[movement.destination_id]
-    check_movement(source, destination, movement, at)
-    source.held_balance = checked_balance(source.held_balance + movement.amount, "held balance")
-    source.updated_at = max(source.updated_at, at)
 
 
 def review_event(event_type: str, transaction: Transaction, at: datetime) -> OutboxEvent:

@@ -1,16 +1,19 @@
-"""Group commit: concurrent posting requests share one database transaction.
+"""Group commit: concurrent requests share one database transaction.
 
 Requests wait in a bounded queue; up to ``max_in_flight`` flushers each take what has
-gathered (at most ``max_commands`` commands) and post it with one
-:meth:`PostingEngine.post_group` — one lock statement, one write statement, one
-commit for the lot, the way TigerBeetle batches. Under light load a request is
+gathered (at most ``max_commands`` commands) and hand it to ``flush`` — the engine's
+:meth:`~walletd.service_layer.engine.Engine.post_group`: one lock statement, one write,
+one commit for the lot, the way TigerBeetle batches. Under light load a request is
 flushed at once (no timer); under heavy load batches grow by themselves.
 
 Each request keeps its own exact answer: the rules run per request on the shared
 locked state, so an insufficient-funds request fails alone. If the group's
-transaction fails as a whole (a duplicate idempotency key raced in, a deadlock, a
-constraint), every request of it is retried alone, so one bad request cannot take its
-neighbours down with it.
+transaction fails as a whole (a key bound meanwhile by another process, a deadlock, a
+bug), every request of it is retried alone, so one bad request cannot take its
+neighbours down with it — a statement or lock wait that hit its server-side bound
+(:class:`~walletd.errors.TimedOut`) included: only an outage
+(:class:`~walletd.errors.Unavailable`) fails them all. This module knows nothing of HTTP
+or of the ledger.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import structlog
 from prometheus_client import Counter, Histogram
 
-from walletd.errors import Unavailable, WalletdError
-from walletd.service_layer.posting import PostingEngine, PostingRequest, PostingResult
+from walletd.errors import TimedOut, Unavailable
 
 logger = structlog.get_logger("walletd.group_commit")
 
@@ -38,35 +42,44 @@ GROUP_RETRIES = Counter(
     "walletd_group_commit_retried_alone_total", "Groups whose requests were retried one by one"
 )
 
+RequestT = TypeVar("RequestT")
+OutcomeT = TypeVar("OutcomeT")
+
 
 @dataclass(slots=True)
-class _Pending:
-    request: PostingRequest
-    future: asyncio.Future[list[PostingResult]] = field(
+class _Pending(Generic[RequestT, OutcomeT]):
+    request: RequestT
+    future: asyncio.Future[OutcomeT] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
-class GroupCommitter:
-    """Gathers :class:`PostingRequest`s of one process into shared transactions."""
+class GroupCommitter(Generic[RequestT, OutcomeT]):
+    """Gathers requests of one process into shared transactions through ``flush``."""
 
     def __init__(
-        self, engine: PostingEngine, *, max_commands: int = 256, max_in_flight: int = 2
+        self,
+        flush: Callable[[Sequence[RequestT]], Awaitable[Sequence[OutcomeT]]],
+        *,
+        size: Callable[[RequestT], int],
+        max_commands: int = 256,
+        max_in_flight: int = 2,
     ) -> None:
         assert max_commands >= 1
         assert max_in_flight >= 1
-        self._engine = engine
+        self._flush_group = flush
+        self._size = size
         self._max_commands = max_commands
         self._max_in_flight = max_in_flight
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[_Pending[RequestT, OutcomeT]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, request: PostingRequest) -> list[PostingResult]:
-        """Post ``request`` in the next group; raises what posting it alone would raise."""
+    async def submit(self, request: RequestT) -> OutcomeT:
+        """The outcome of ``request`` in the next group; raises what posting it alone would."""
         if len(self._queue) >= MAX_QUEUE:
             raise Unavailable("too many postings are waiting; retry shortly")
-        pending = _Pending(request)
+        pending: _Pending[RequestT, OutcomeT] = _Pending(request)
         self._queue.append(pending)
         self._kick()
         return await pending.future
@@ -78,11 +91,11 @@ class GroupCommitter:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _take(self) -> list[_Pending]:
-        group: list[_Pending] = []
+    def _take(self) -> list[_Pending[RequestT, OutcomeT]]:
+        group: list[_Pending[RequestT, OutcomeT]] = []
         commands = 0
         while self._queue:
-            size = len(self._queue[0].request.commands)
+            size = self._size(self._queue[0].request)
             if group and commands + size > self._max_commands:
                 break
             group.append(self._queue.popleft())
@@ -98,12 +111,13 @@ class GroupCommitter:
             self._in_flight -= 1
             self._kick()
 
-    async def _post(self, group: list[_Pending]) -> None:
+    async def _post(self, group: list[_Pending[RequestT, OutcomeT]]) -> None:
         GROUP_SIZE.observe(len(group))
         try:
-            outcomes = await self._engine.post_group([pending.request for pending in group])
+            outcomes = await self._flush_group([pending.request for pending in group])
         except (asyncio.CancelledError, Exception) as error:  # every waiter must hear of it
-            if len(group) == 1 or isinstance(error, asyncio.CancelledError | Unavailable):
+            outage = isinstance(error, Unavailable) and not isinstance(error, TimedOut)
+            if len(group) == 1 or outage or isinstance(error, asyncio.CancelledError):
                 for pending in group:
                     _fail(pending, error)
                 if isinstance(error, asyncio.CancelledError):
@@ -115,9 +129,7 @@ class GroupCommitter:
                 await self._post([pending])
             return
         for pending, outcome in zip(group, outcomes, strict=True):
-            if isinstance(outcome, WalletdError):
-                _fail(pending, outcome)
-            elif not pending.future.done():
+            if not pending.future.done():
                 pending.future.set_result(outcome)
 
     async def close(self) -> None:
@@ -127,7 +139,7 @@ class GroupCommitter:
                 await task
 
 
-def _fail(pending: _Pending, error: BaseException) -> None:
+def _fail(pending: _Pending[RequestT, OutcomeT], error: BaseException) -> None:
     if pending.future.done():
         return
     if isinstance(error, asyncio.CancelledError):

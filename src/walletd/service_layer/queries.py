@@ -1,4 +1,4 @@
-"""Read use cases: transactions, entry pages, point-in-time balances, statements."""
+"""Read use cases: transactions, holds, the review queue, entry pages, balances, statements."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from uuid import UUID
 
 import asyncpg
 
-from walletd.adapters import ledger_queries, wallet_store
+from walletd.adapters import hold_store, ledger_queries, review_store, wallet_store
 from walletd.adapters.postgres import Database
 from walletd.domain.ledger import Entry
-from walletd.domain.records import Transaction, Wallet
+from walletd.domain.records import Hold, Transaction, Wallet
 from walletd.errors import NotFound
 
 STATEMENT_MAX_ENTRIES = 10_000
@@ -42,6 +42,20 @@ class LedgerQueries:
         if found is None:
             raise NotFound(f"transaction {transaction_id} not found")
         return found
+
+    async def hold(self, tenant_id: UUID, hold_id: UUID) -> Hold:
+        async with self._database.connection() as connection:
+            found = await hold_store.get_hold(connection, tenant_id, hold_id)
+        if found is None:
+            raise NotFound(f"hold {hold_id} not found")
+        return found
+
+    async def pending_reviews(
+        self, tenant_id: UUID, after: tuple[datetime, UUID] | None, limit: int
+    ) -> list[Transaction]:
+        """Transactions pending review, oldest first, after the ``(created_at, id)`` cursor."""
+        async with self._database.connection() as connection:
+            return await review_store.list_pending(connection, tenant_id, after, limit)
 
     async def _wallet(
         self, connection: asyncpg.Connection, tenant_id: UUID, wallet_id: UUID

@@ -1,17 +1,18 @@
-"""Risk rules use cases: read and replace a tenant's rules, and screen postings with them.
+"""Risk rules use cases: read and replace a tenant's rules, and load what screens need.
 
-The posting engine reads each tenant's rules once per group, by the statement that
-locks the group's wallets (:func:`screened_tenants` says whose, :func:`rules_from_text`
-reads them), builds the :class:`RiskScreen` with :func:`load_screen` after the wallet
-locks, then calls :meth:`RiskScreen.check` for each command. Rules are read in that
-same transaction (no cache), so a ``PUT`` applies to every posting that starts after
-it committed, in every process. The recipients query runs only when
-a ``distinct_recipients`` rule exists and the call has transfers.
+The engine reads each tenant's rules once per group, by the statement that locks the
+group's wallets (for the tenants with money leaving a wallet; :func:`rules_from_text`
+reads them), builds the :class:`~walletd.domain.risk.RiskScreen` with
+:func:`load_screen` after the wallet locks, and the book calls its ``check`` for every
+debit, transfer and capture. Rules are read in that same transaction (no cache), so a
+``PUT`` applies to every posting that starts after it committed, in every process. The
+recipients query runs only when a ``distinct_recipients`` rule exists and the group
+pays a user wallet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -21,99 +22,11 @@ import structlog
 
 from walletd.adapters import admin_log, review_store
 from walletd.adapters.postgres import Database
-from walletd.domain.ledger import Movement, WalletState
-from walletd.domain.risk import (
-    SCREENED_TYPES,
-    Payment,
-    RiskRule,
-    evaluate_risk,
-    parse_rules,
-    recipients_window,
-    rules_json,
-)
-from walletd.errors import RiskRejected, ValidationFailed
+from walletd.domain.risk import RiskRule, RiskScreen, parse_rules, recipients_window, rules_json
+from walletd.errors import ValidationFailed
 from walletd.service_layer.tenants import Principal
 
 logger = structlog.get_logger("walletd.risk")
-
-
-class RiskScreen:
-    """The rules of one tenant plus what they need to know, for one posting call."""
-
-    def __init__(
-        self,
-        tenant_id: UUID,
-        rules: Sequence[RiskRule] = (),
-        recipients: dict[UUID, dict[UUID, datetime]] | None = None,
-    ) -> None:
-        self._tenant_id = tenant_id
-        self._rules = tuple(rules)
-        self._recipients = recipients if recipients is not None else {}
-        # What each record() replaced: (payer, recipient, previous time or None).
-        self._undo: list[tuple[UUID, UUID, datetime | None]] = []
-
-    def check(self, movement: Movement, payer: WalletState, at: datetime) -> str | None:
-        """None: post it; a rule name: send it to review; raises :class:`RiskRejected`."""
-        if not self._rules or movement.type not in SCREENED_TYPES:
-            return None
-        is_transfer = movement.type == "transfer"
-        payment = Payment(
-            kind="transfer" if is_transfer else "debit",
-            payer_id=payer.id,
-            payer_created_at=payer.created_at,
-            recipient_id=movement.destination_id if is_transfer else None,
-            amount=movement.amount,
-            currency=movement.currency,
-            at=at,
-            recent_recipients=self._recipients.get(payer.id, {}),
-        )
-        decision = evaluate_risk(self._rules, payment)
-        if decision is None:
-            return None
-        logger.info(
-            "risk_rule_fired",
-            tenant_id=str(self._tenant_id),
-            wallet_id=str(payer.id),
-            rule=decision.rule.name,
-            rule_type=decision.rule.type,
-            action=decision.action,
-            kind=payment.kind,
-            amount=payment.amount,
-            currency=payment.currency,
-        )
-        if decision.action == "reject":
-            raise RiskRejected(
-                f"risk rule {decision.rule.name!r} ({decision.rule.type}) rejected this"
-                f" {payment.kind}"
-            )
-        return decision.rule.name
-
-    def checkpoint(self) -> int:
-        """A mark for :meth:`restore`, which forgets what was recorded after it (O(1))."""
-        return len(self._undo)
-
-    def restore(self, mark: int) -> None:
-        """Forget the records made since ``mark`` (a cancelled atomic request)."""
-        while len(self._undo) > mark:
-            payer, recipient, previous = self._undo.pop()
-            seen = self._recipients[payer]
-            if previous is None:
-                del seen[recipient]
-            else:
-                seen[recipient] = previous
-
-    def record(self, movement: Movement, at: datetime) -> None:
-        """A transfer was posted or sent to review: later items of the call see its recipient.
-
-        Without rules nothing reads the recipients, so nothing is recorded.
-        """
-        if not self._rules or movement.type != "transfer":
-            return
-        seen = self._recipients.setdefault(movement.source_id, {})
-        self._undo.append(
-            (movement.source_id, movement.destination_id, seen.get(movement.destination_id))
-        )
-        seen[movement.destination_id] = at
 
 
 def stored_rules(value: object, tenant_id: UUID) -> tuple[RiskRule, ...]:
@@ -126,15 +39,6 @@ def stored_rules(value: object, tenant_id: UUID) -> tuple[RiskRule, ...]:
         ) from error
 
 
-def screened_tenants(by_tenant: Mapping[UUID, Sequence[Movement]]) -> set[UUID]:
-    """The tenants whose rules a group needs: those with a movement to screen."""
-    return {
-        tenant
-        for tenant, movements in by_tenant.items()
-        if any(movement.type in SCREENED_TYPES for movement in movements)
-    }
-
-
 def rules_from_text(text: str | None, tenant_id: UUID) -> tuple[RiskRule, ...]:
     """A tenant's stored rules from their JSON text (None: the tenant has none here)."""
     return stored_rules(None if text is None else orjson.loads(text), tenant_id)
@@ -144,16 +48,16 @@ async def load_screen(
     connection: asyncpg.Connection,
     tenant_id: UUID,
     rules: Sequence[RiskRule],
-    movements: Sequence[Movement],
+    payers: Collection[UUID],
     at: datetime,
 ) -> RiskScreen:
-    """The screen for one posting call, after the wallet locks.
+    """The screen of one tenant for one group, after the wallet locks.
 
-    The recipients query runs under the paying wallets' locks (so concurrent transfers
-    of one payer see each other) and only when a rule needs it and the call has transfers.
+    ``payers`` are the wallets that pay a user wallet in the group. The recipients query
+    runs under their locks (so concurrent payments of one payer see each other) and
+    only when a rule needs it.
     """
     window = recipients_window(rules)
-    payers = {movement.source_id for movement in movements if movement.type == "transfer"}
     if window is None or not payers:
         return RiskScreen(tenant_id, rules)
     window_minutes, per_payer = window

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 
-from walletd.adapters.postgres import Database
+from walletd.entrypoints import bootstrap
 from walletd.entrypoints.http import (
     problems,
     routes_admin,
@@ -17,62 +18,27 @@ from walletd.entrypoints.http import (
     routes_ops,
     routes_wallets,
 )
-from walletd.entrypoints.http.deps import Services
-from walletd.entrypoints.http.idempotent import start_idempotency, stop_idempotency
 from walletd.entrypoints.http.lean import LeanPostingMiddleware
 from walletd.entrypoints.http.limits import BodyLimitMiddleware
 from walletd.entrypoints.http.observe import ObserveMiddleware
 from walletd.runtime import settle_heap
-from walletd.service_layer.group_commit import GroupCommitter
-from walletd.service_layer.posting import PostingEngine
-from walletd.service_layer.queries import LedgerQueries
-from walletd.service_layer.wallets import WalletService
 from walletd.settings import Settings
 
 logger = structlog.get_logger("walletd.http")
 
 
-def build_services(settings: Settings) -> Services:
-    database = Database(
-        settings.database_url,
-        min_size=min(settings.database_pool_min, settings.database_pool_max),
-        max_size=settings.database_pool_max,
-        command_timeout_seconds=settings.database_timeout_seconds,
-        acquire_timeout_seconds=settings.database_acquire_timeout_seconds,
-    )
-    return Services(
-        settings=settings,
-        database=database,
-        engine=PostingEngine(database),
-        wallets=WalletService(database),
-        queries=LedgerQueries(database),
-    )
-
-
 def create_app(settings: Settings) -> FastAPI:
-    services = build_services(settings)
+    services = bootstrap.build_services(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await services.database.connect()
-        committer = GroupCommitter(
-            services.engine,
-            max_commands=settings.group_commit_max_batch,
-            max_in_flight=settings.group_commit_max_in_flight,
-        )
-        services.engine.committer = committer
-        logger.info("api_started", pid=_pid())
-        await start_idempotency(services)
-        hold_expiry = routes_holds.start_hold_expiry(services)
+        await bootstrap.start(services)
+        logger.info("api_started", pid=os.getpid())
         settle_heap()
         try:
             yield
         finally:
-            await stop_idempotency(services)
-            await hold_expiry.stop()
-            services.engine.committer = None
-            await committer.close()
-            await services.database.close()
+            await bootstrap.stop(services)
 
     app = FastAPI(
         title="walletd",
@@ -94,9 +60,3 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObserveMiddleware)
     return app
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()

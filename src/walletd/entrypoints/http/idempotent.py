@@ -15,19 +15,16 @@ request is marked to claim its key in PostgreSQL instead. See docs/idempotency.m
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any
 from uuid import UUID
 
 import structlog
 from fastapi import Request
 from starlette.responses import Response
 
-from walletd.adapters.redis_client import RedisClient, create_redis_client
-from walletd.entrypoints.http.deps import Services
+from walletd.entrypoints.bootstrap import Services
 from walletd.entrypoints.http.problems import PROBLEM_MEDIA_TYPE, error_body
 from walletd.entrypoints.http.render import dumps
 from walletd.errors import IdempotencyKeyInUse, IdempotencyKeyReused, WalletdError
@@ -37,7 +34,6 @@ from walletd.service_layer.idempotency import (
     StoredAnswer,
     load_answer,
     request_fingerprint,
-    run_pruner,
     store_answer,
 )
 from walletd.service_layer.idempotency_cache import (
@@ -50,10 +46,6 @@ from walletd.service_layer.idempotency_cache import (
 
 Execute = Callable[[IdempotentRequest | None], Awaitable[Response]]
 STORED_FAILURE_STATUSES = frozenset({404, 422})
-CACHE_EXTRA: Final = "idempotency_cache"
-REDIS_EXTRA: Final = "redis"
-RUNTIME_EXTRA: Final = "idempotency_runtime"
-STOP_TIMEOUT_SECONDS: Final = 5.0
 
 logger = structlog.get_logger("walletd.idempotency")
 
@@ -105,7 +97,7 @@ async def run_idempotent_at(
     """:func:`run_idempotent` for a caller that has the method, path and fingerprint
     (:func:`request_fingerprint`) at hand."""
     request = IdempotentRequest(key, method, path, fingerprint)
-    cache: IdempotencyCache | None = services.extras.get(CACHE_EXTRA)
+    cache = services.idempotency_cache
     claim = UNAVAILABLE_CLAIM if cache is None else await cache.claim(tenant_id, request)
     if claim.outcome is ClaimOutcome.REPLAY:
         assert claim.answer is not None
@@ -187,56 +179,3 @@ async def _answer_in_use(
 
 def _answer(response: Response) -> tuple[int, bytes]:
     return response.status_code, bytes(response.body)
-
-
-@dataclasses.dataclass
-class _Runtime:
-    """What :func:`start_idempotency` started, so that :func:`stop_idempotency` stops it."""
-
-    pruner: asyncio.Task[None]
-    owned_redis: RedisClient | None
-
-
-async def start_idempotency(services: Services) -> None:
-    """In the app lifespan, after the database pool: Redis fast path and key pruning.
-
-    The Redis client is shared in ``services.extras["redis"]`` (rate limiting and
-    counters may use it); it is created here unless present, and an unreachable
-    Redis at start is only a warning: requests take the database path meanwhile.
-    """
-    settings = services.settings
-    retention_seconds = settings.idempotency_retention_hours * 3600
-    owned: RedisClient | None = None
-    if settings.redis_url:
-        redis = services.extras.get(REDIS_EXTRA)
-        if redis is None:
-            redis = owned = create_redis_client(
-                settings.redis_url, timeout_seconds=settings.redis_timeout_seconds
-            )
-            services.extras[REDIS_EXTRA] = redis
-        cache = IdempotencyCache(
-            redis,
-            retention_seconds=retention_seconds,
-            lock_seconds=settings.idempotency_lock_seconds,
-        )
-        services.extras[CACHE_EXTRA] = cache
-        if not await cache.load_scripts():
-            logger.warning("redis_unreachable_at_start", fallback="postgresql")
-    pruner = asyncio.create_task(
-        run_pruner(services.database, retention_seconds), name="walletd-idempotency-pruner"
-    )
-    services.extras[RUNTIME_EXTRA] = _Runtime(pruner, owned)
-
-
-async def stop_idempotency(services: Services) -> None:
-    """In the app lifespan, before the database pool closes."""
-    runtime: _Runtime | None = services.extras.pop(RUNTIME_EXTRA, None)
-    services.extras.pop(CACHE_EXTRA, None)
-    if runtime is None:
-        return
-    runtime.pruner.cancel()
-    with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-        await asyncio.wait_for(runtime.pruner, STOP_TIMEOUT_SECONDS)
-    if runtime.owned_redis is not None:
-        services.extras.pop(REDIS_EXTRA, None)
-        await runtime.owned_redis.close()

@@ -11,7 +11,7 @@ well-formed:
   pydantic model accepts;
 - one valid ``Idempotency-Key``;
 - ``Authorization: Bearer <key>`` whose key was authenticated in the last seconds
-  (:meth:`Services.cached_principal`) and has the ``write`` scope.
+  (:meth:`KeyCache.cached_principal`) and has the ``write`` scope.
 
 It then runs the very code the FastAPI route runs (rate limit, then the route's entry
 in :data:`routes_money.POSTINGS`) and answers errors through the same handlers. Any
@@ -35,9 +35,9 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from walletd.entrypoints.http.deps import Services, valid_idempotency_key
+from walletd.entrypoints.bootstrap import Services
+from walletd.entrypoints.http.deps import limit_rate, valid_idempotency_key
 from walletd.entrypoints.http.problems import handled_response
-from walletd.entrypoints.http.rate_limit import enforce_rate_limit
 from walletd.entrypoints.http.routes_money import POSTINGS, PostingHandler
 from walletd.service_layer.tenants import Principal
 
@@ -85,7 +85,7 @@ class LeanPostingMiddleware:
         route, _, handler = target
         scope["route"] = route  # the route template, for the request metrics
         try:
-            await enforce_rate_limit(self.services, principal)
+            await limit_rate(self.services, principal)
             response = await handler(self.services, principal.tenant_id, key, model)
         except Exception as error:
             handled = await handled_response(Request(scope), error)
@@ -114,7 +114,7 @@ class LeanPostingMiddleware:
         secret = secret.strip()
         if scheme.lower() != "bearer" or not secret:
             return None
-        principal = self.services.cached_principal(secret)
+        principal = self.services.keys.cached_principal(secret)
         if principal is None or "write" not in principal.scopes:
             return None
         key_text = key.decode("latin-1")

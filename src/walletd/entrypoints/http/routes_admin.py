@@ -7,17 +7,20 @@ decision.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response
 
 from walletd.adapters import admin_log
+from walletd.domain.commands import DecideReview
 from walletd.domain.records import Transaction
 from walletd.domain.risk import RiskRule, rules_json
+from walletd.entrypoints.bootstrap import Services
 from walletd.entrypoints.http import cursors, render
+from walletd.entrypoints.http.commands import render_one, submit
 from walletd.entrypoints.http.deps import AdminPrincipal, OptionalKey, ServicesDep, path_uuid
-from walletd.entrypoints.http.idempotent import json_response, run_idempotent
+from walletd.entrypoints.http.idempotent import json_response
 from walletd.entrypoints.http.schemas import ReasonBody, TransactionPublic
 from walletd.entrypoints.http.schemas_admin import (
     AuditLogList,
@@ -26,12 +29,10 @@ from walletd.entrypoints.http.schemas_admin import (
     RiskRulesPut,
 )
 from walletd.errors import ValidationFailed
-from walletd.service_layer.idempotency import IdempotentRequest
-from walletd.service_layer.reviews import Decision, ReviewService
-from walletd.service_layer.risk_rules import RiskRuleService
 from walletd.service_layer.tenants import Principal
 
 router = APIRouter(prefix="/v1")
+Decision = Literal["approve", "reject"]
 Limit = Annotated[int, Query(ge=1, le=500)]
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"description": "Validation or business rule error (problem+json)"},
@@ -44,7 +45,7 @@ def _rules_body(rules: tuple[RiskRule, ...]) -> bytes:
 
 @router.get("/risk-rules", response_model=RiskRulesPublic)
 async def get_risk_rules(principal: AdminPrincipal, services: ServicesDep) -> Response:
-    rules = await RiskRuleService(services.database).get(principal.tenant_id)
+    rules = await services.risk_rules.get(principal.tenant_id)
     return json_response(200, _rules_body(rules))
 
 
@@ -53,7 +54,7 @@ async def put_risk_rules(
     body: RiskRulesPut, principal: AdminPrincipal, services: ServicesDep
 ) -> Response:
     raw = [rule.model_dump(mode="json") for rule in body.rules]
-    rules = await RiskRuleService(services.database).replace(principal, raw)
+    rules = await services.risk_rules.replace(principal, raw)
     return json_response(200, _rules_body(rules))
 
 
@@ -76,9 +77,7 @@ async def list_reviews(
 ) -> Response:
     """Pending reviews, oldest first."""
     after = cursors.wallet_cursor(cursor)
-    pending = await ReviewService(services.database, services.engine).pending(
-        principal.tenant_id, after, limit + 1
-    )
+    pending = await services.queries.pending_reviews(principal.tenant_id, after, limit + 1)
     next_cursor = None
     if len(pending) > limit:
         last = pending[limit - 1]
@@ -93,23 +92,22 @@ async def _decide(
     decision: Decision,
     body: ReasonBody | None,
     principal: Principal,
-    services: Any,
+    services: Services,
     key: str | None,
 ) -> Response:
-    wanted = path_uuid(transaction_id, "transaction")
     reason = body.reason if body else None
-
-    def answer(decided: Transaction) -> tuple[int, bytes]:
-        return 200, render.dumps(render.transaction_json(decided))
-
-    async def execute(idempotent: IdempotentRequest | None) -> Response:
-        decided = await ReviewService(services.database, services.engine).decide(
-            principal, wanted, decision, reason, request=idempotent, answer=answer
-        )
-        return json_response(*answer(decided))
-
-    fingerprint = body.model_dump(mode="json") if body else None
-    return await run_idempotent(request, services, principal.tenant_id, key, fingerprint, execute)
+    command = DecideReview(
+        path_uuid(transaction_id, "transaction"), decision, principal.key_id, reason
+    )
+    return await submit(
+        services,
+        principal.tenant_id,
+        key,
+        ("POST", request.url.path),
+        (body or ReasonBody()).model_dump(mode="json"),  # no body and {} are one request
+        [command],
+        render_one(status=200),
+    )
 
 
 @router.post(

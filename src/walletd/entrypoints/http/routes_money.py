@@ -10,18 +10,20 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 from starlette.responses import Response
 
+from walletd.domain.book import ItemFailure, Outcome
 from walletd.domain.commands import Credit, Debit, PostingCommand, Transfer
 from walletd.domain.records import Transaction
+from walletd.entrypoints.bootstrap import Services
 from walletd.entrypoints.http import render
+from walletd.entrypoints.http.commands import created_status, outcome_json, render_one, submit
 from walletd.entrypoints.http.deps import (
     ReadPrincipal,
     RequiredKey,
-    Services,
     ServicesDep,
     WritePrincipal,
     path_uuid,
 )
-from walletd.entrypoints.http.idempotent import json_response, run_idempotent_at
+from walletd.entrypoints.http.idempotent import json_response
 from walletd.entrypoints.http.problems import IDEMPOTENT_RESPONSES, error_body
 from walletd.entrypoints.http.schemas import (
     BatchAtomicPublic,
@@ -32,8 +34,6 @@ from walletd.entrypoints.http.schemas import (
     TransferBatchCreate,
     TransferCreate,
 )
-from walletd.service_layer.idempotency import IdempotentRequest, request_fingerprint
-from walletd.service_layer.posting import ItemFailure, PostingResult
 
 router = APIRouter(prefix="/v1")
 
@@ -44,97 +44,30 @@ REVIEW_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def created_status(transaction: Transaction) -> int:
-    """201 when posted; 202 when a risk rule sent it to review (funds held, not moved)."""
-    return 202 if transaction.status == "pending_review" else 201
-
-
-def render_single(results: Sequence[PostingResult]) -> tuple[int, bytes]:
-    (result,) = results
-    if isinstance(result, ItemFailure):
-        return result.error.status, render.dumps(error_body(result.error))
-    return created_status(result), render.dumps(render.transaction_json(result))
-
-
-def render_atomic_batch(results: Sequence[PostingResult]) -> tuple[int, bytes]:
-    failures = [result for result in results if isinstance(result, ItemFailure)]
+def render_atomic_batch(outcomes: Sequence[Outcome]) -> tuple[int, bytes]:
+    failures = [outcome for outcome in outcomes if isinstance(outcome, ItemFailure)]
     if failures:
         failure = failures[0]
         return failure.error.status, render.dumps(error_body(failure.error, index=failure.index))
-    transactions = [r for r in results if isinstance(r, Transaction)]
+    transactions = [o for o in outcomes if isinstance(o, Transaction)]
     status = max((created_status(tx) for tx in transactions), default=201)
     return status, render.dumps({"data": [render.transaction_json(tx) for tx in transactions]})
 
 
-def render_item_batch(results: Sequence[PostingResult]) -> tuple[int, bytes]:
+def render_item_batch(outcomes: Sequence[Outcome]) -> tuple[int, bytes]:
     items = []
-    for index, result in enumerate(results):
-        if isinstance(result, ItemFailure):
-            items.append(
-                {
-                    "index": index,
-                    "status": result.error.status,
-                    "transaction": None,
-                    "error": error_body(result.error),
-                }
-            )
-        else:
-            items.append(
-                {
-                    "index": index,
-                    "status": created_status(result),
-                    "transaction": render.transaction_json(result),
-                    "error": None,
-                }
-            )
-    return 200, render.dumps({"data": items})
-
-
-class _Memo:
-    """Renders each outcome once: the bytes stored under the key are the bytes sent.
-
-    The engine may render a request more than once — a group transaction that failed
-    as a whole is retried request by request, with new transaction ids — so the memo
-    is keyed by the results object: only the answer for the results that were finally
-    committed (the very list the engine returns) is ever sent.
-    """
-
-    def __init__(self, renderer: Any) -> None:
-        self._renderer = renderer
-        self._results: Sequence[PostingResult] | None = None
-        self._answer: tuple[int, bytes] = (500, b"")
-
-    def __call__(self, results: Sequence[PostingResult]) -> tuple[int, bytes]:
-        if results is not self._results:
-            self._results, self._answer = results, self._renderer(results)
-        return self._answer
-
-
-async def _post(
-    method: str,
-    path: str,
-    services: Services,
-    tenant_id: UUID,
-    key: str,
-    body: Any,
-    commands: list[PostingCommand],
-    renderer: Any,
-    *,
-    atomic: bool = True,
-) -> Response:
-    async def execute(idempotent: IdempotentRequest | None) -> Response:
-        memo = _Memo(renderer)
-        results = await services.engine.post(
-            tenant_id, commands, atomic=atomic, request=idempotent, render=memo
+    for index, outcome in enumerate(outcomes):
+        status, body = outcome_json(outcome)
+        failed = isinstance(outcome, ItemFailure)
+        items.append(
+            {
+                "index": index,
+                "status": status,
+                "transaction": None if failed else body,
+                "error": body if failed else None,
+            }
         )
-        status, payload = memo(results)
-        return json_response(status, payload)
-
-    # Hashed now and dropped: the JSON form of a batch (1,000 dicts) is not kept while
-    # the posting waits for its group.
-    fingerprint = request_fingerprint(method, path, body)
-    del body
-    return await run_idempotent_at(method, path, services, tenant_id, key, fingerprint, execute)
+    return 200, render.dumps({"data": items})
 
 
 BATCH_PATH = "/v1/transfers/batch"
@@ -145,15 +78,14 @@ def _single(path: str, command: Callable[[Any], PostingCommand]) -> PostingHandl
     """What serves a validated single-posting body at ``path`` (route and lean path)."""
 
     async def handler(services: Services, tenant_id: UUID, key: str, body: Any) -> Response:
-        return await _post(
-            "POST",
-            path,
+        return await submit(
             services,
             tenant_id,
             key,
+            ("POST", path),
             body.model_dump(mode="json"),
             [command(body)],
-            render_single,
+            render_one(),
         )
 
     return handler
@@ -242,12 +174,11 @@ async def post_batch(
     """POST /v1/transfers/batch with a validated ``body`` (the route and the lean path)."""
     commands: list[PostingCommand] = [_transfer(item) for item in body.transfers]
     renderer = render_atomic_batch if body.atomic else render_item_batch
-    return await _post(
-        "POST",
-        BATCH_PATH,
+    return await submit(
         services,
         tenant_id,
         key,
+        ("POST", BATCH_PATH),
         body.model_dump(mode="json"),
         commands,
         renderer,

@@ -4,7 +4,8 @@ Each key earns ``WALLETD_RATE_LIMIT_PER_SECOND`` tokens a second up to
 ``WALLETD_RATE_LIMIT_BURST`` (0 = one second's worth); a request spends one, and a key
 with none left gets 429 ``rate_limited`` with ``Retry-After``. 0 per second (the default)
 turns it off. It runs right after authentication (:func:`deps.get_principal`), before
-any handler or idempotency work, so a 429 is never stored under an Idempotency-Key.
+any handler or idempotency work, so a 429 is never stored under an Idempotency-Key. The
+composition root (:mod:`walletd.entrypoints.bootstrap`) builds the one limiter of a process.
 
 Redis is the shared state of every worker. When Redis cannot answer (down, slow,
 circuit open, or not configured) the limiter *fails open*: the request goes through
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Final
+from typing import Final
 from uuid import UUID
 
 import structlog
@@ -26,13 +27,6 @@ from redis.commands.core import AsyncScript
 from walletd.adapters.redis_client import RedisClient, RedisUnavailable
 from walletd.errors import RateLimited
 
-if TYPE_CHECKING:
-    from walletd.entrypoints.http.deps import Services
-    from walletd.service_layer.tenants import Principal
-
-# Shared with walletd.entrypoints.http.idempotent.start_idempotency, which creates the client.
-REDIS_EXTRA: Final = "redis"
-LIMITER_EXTRA: Final = "rate_limiter"
 KEY_PREFIX: Final = "walletd:ratelimit:"
 MAX_RETRY_AFTER_SECONDS: Final = 3600
 FAIL_OPEN_LOG_INTERVAL_SECONDS: Final = 10.0  # one warning per interval, not one per request
@@ -120,23 +114,3 @@ class RateLimiter:
             f" (burst {self.capacity}); retry in {retry_after} s",
             retry_after_seconds=retry_after,
         )
-
-
-def _limiter(services: Services) -> RateLimiter:
-    """The process's limiter, rebuilt if the shared Redis client changed (lifespan restart)."""
-    redis: RedisClient | None = services.extras.get(REDIS_EXTRA)
-    limiter: RateLimiter | None = services.extras.get(LIMITER_EXTRA)
-    if limiter is None or limiter.redis is not redis:
-        settings = services.settings
-        limiter = RateLimiter(redis, settings.rate_limit_per_second, settings.rate_limit_burst)
-        services.extras[LIMITER_EXTRA] = limiter
-        if redis is None:
-            logger.warning("rate_limit_without_redis", behaviour="fail_open")
-    return limiter
-
-
-async def enforce_rate_limit(services: Services, principal: Principal) -> None:
-    """Called once per authenticated request; a no-op when rate limiting is off."""
-    if services.settings.rate_limit_per_second <= 0:
-        return
-    await _limiter(services).check(principal.key_id)
