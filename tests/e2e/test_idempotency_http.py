@@ -427,3 +427,199 @@ async def test_a_hung_redis_costs_a_bounded_timeout_and_the_database_answers(
     timeouts, refused = after[0] - before[0], after[1] - before[1]
     assert timeouts + refused == 3
     assert timeouts >= 1 and refused >= 1
+
+
+# ------------------------------------------------------- keys on admin and action POSTs
+
+
+async def status_events(api: Api, tenant: TenantClient, event_type: str) -> int:
+    return await api.count(
+        f"SELECT count(*) FROM outbox WHERE tenant_id = $1 AND event_type = '{event_type}'",
+        tenant,
+    )
+
+
+async def admin_actions(tenant: TenantClient, action: str) -> int:
+    log = (await tenant.get("/v1/audit-log", params={"limit": 500})).json()["data"]
+    return sum(1 for item in log if item["action"] == action)
+
+
+async def wallet_status(tenant: TenantClient, wallet: dict[str, Any]) -> str:
+    status: str = (await tenant.get(f"/v1/wallets/{wallet['id']}")).json()["status"]
+    return status
+
+
+def assert_reused(response: httpx.Response) -> None:
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "idempotency_key_reused"
+    assert "idempotent-replayed" not in response.headers
+
+
+async def test_a_freeze_key_sent_again_to_unfreeze_is_refused_and_the_wallet_stays_frozen(
+    api: Api,
+) -> None:
+    tenant = await api.harness.tenant()
+    wallet = await tenant.wallet()
+    path = f"/v1/wallets/{wallet['id']}"
+    frozen = await tenant.post(f"{path}/freeze", {"reason": "check"}, idempotency_key="adm-1")
+    assert (frozen.status_code, frozen.json()["status"]) == (200, "frozen")
+    await api.disrupt()
+
+    unfreeze = await tenant.post(f"{path}/unfreeze", {"reason": "check"}, idempotency_key="adm-1")
+    other_reason = await tenant.post(f"{path}/freeze", {"reason": "other"}, idempotency_key="adm-1")
+
+    assert_reused(unfreeze)
+    assert_reused(other_reason)
+    assert await wallet_status(tenant, wallet) == "frozen"
+    assert await status_events(api, tenant, "wallet.unfrozen") == 0
+    assert await admin_actions(tenant, "wallet.unfreeze") == 0
+
+
+async def test_a_freeze_retried_with_its_key_is_replayed_and_freezes_once(api: Api) -> None:
+    tenant = await api.harness.tenant()
+    wallet = await tenant.wallet()
+    path = f"/v1/wallets/{wallet['id']}/freeze"
+    first = await tenant.post(path, {"reason": "fraud"}, idempotency_key="freeze-1")
+    assert (first.status_code, first.json()["status"]) == (200, "frozen")
+    assert "idempotent-replayed" not in first.headers
+    await api.disrupt()
+
+    retry = await tenant.post(path, {"reason": "fraud"}, idempotency_key="freeze-1")
+
+    assert_replay_of(retry, first)
+    assert await status_events(api, tenant, "wallet.frozen") == 1
+    assert await admin_actions(tenant, "wallet.freeze") == 1
+
+
+async def test_a_no_op_freeze_is_answered_and_stored_under_its_key(api: Api) -> None:
+    tenant = await api.harness.tenant()
+    wallet = await tenant.wallet()
+    path = f"/v1/wallets/{wallet['id']}"
+    assert (await tenant.post(f"{path}/freeze", auto_key=False)).status_code == 200
+    no_op = await tenant.post(f"{path}/freeze", idempotency_key="again")
+    assert (no_op.status_code, no_op.json()["status"]) == (200, "frozen")
+    assert "idempotent-replayed" not in no_op.headers
+    assert (await tenant.post(f"{path}/unfreeze", auto_key=False)).status_code == 200
+    await api.disrupt()
+
+    retry = await tenant.post(f"{path}/freeze", idempotency_key="again")
+    empty_body = await tenant.post(f"{path}/freeze", {}, idempotency_key="again")
+
+    assert_replay_of(retry, no_op)  # the stored answer, not a second freeze
+    assert_replay_of(empty_body, no_op)  # no body is the empty body
+    assert await wallet_status(tenant, wallet) == "active"
+    assert await status_events(api, tenant, "wallet.frozen") == 1
+
+
+async def test_a_close_and_its_refusal_are_replayed_for_their_keys(api: Api) -> None:
+    tenant = await api.harness.tenant()
+    empty, funded = await tenant.wallet(), await tenant.wallet()
+    await tenant.credit(funded["id"], 10)
+    closed = await tenant.post(f"/v1/wallets/{empty['id']}/close", idempotency_key="close-1")
+    assert (closed.status_code, closed.json()["status"]) == (200, "closed")
+    refused = await tenant.post(f"/v1/wallets/{funded['id']}/close", idempotency_key="close-2")
+    assert (refused.status_code, refused.json()["code"]) == (422, "wallet_not_empty")
+    debit = credit_body(funded, 10)
+    assert (await tenant.post("/v1/debits", debit)).status_code == 201
+    await api.disrupt()
+
+    closed_again = await tenant.post(f"/v1/wallets/{empty['id']}/close", idempotency_key="close-1")
+    refused_again = await tenant.post(
+        f"/v1/wallets/{funded['id']}/close", idempotency_key="close-2"
+    )
+
+    assert_replay_of(closed_again, closed)
+    assert_replay_of(refused_again, refused)  # a business failure stays failed for its key
+    assert await wallet_status(tenant, funded) == "active"
+    assert await status_events(api, tenant, "wallet.closed") == 1
+
+
+async def test_a_freeze_still_running_holds_its_key(api: Api) -> None:
+    tenant = await api.harness.tenant()
+    wallet = await tenant.wallet()
+    path = f"/v1/wallets/{wallet['id']}/freeze"
+    blocker = await asyncpg.connect(api.database_url)
+    try:
+        holding = blocker.transaction()
+        await holding.start()  # holds the wallet row: the first freeze stays in flight
+        await blocker.execute("SELECT 1 FROM wallets WHERE id = $1 FOR UPDATE", UUID(wallet["id"]))
+        first = asyncio.create_task(tenant.post(path, idempotency_key="slow-freeze"))
+        await wait_for_lock_waiters(api, 1)
+        await api.disrupt()
+        duplicate = asyncio.create_task(tenant.post(path, idempotency_key="slow-freeze"))
+        if api.mode != "redis_flushed":  # Redis's lock, or the first one's database claim
+            early = await asyncio.wait_for(asyncio.shield(duplicate), 5)
+            assert (early.status_code, early.json()["code"]) == (409, "idempotency_key_in_use")
+        else:  # the lock was flushed: the duplicate waits behind the first, then replays
+            await asyncio.wait({duplicate}, timeout=0.3)
+        await holding.rollback()
+    finally:
+        await blocker.close()
+    executed, late = await asyncio.wait_for(asyncio.gather(first, duplicate), 10)
+
+    assert (executed.status_code, executed.json()["status"]) == (200, "frozen")
+    assert "idempotent-replayed" not in executed.headers
+    if late.status_code != 409:
+        assert_replay_of(late, executed)
+    assert_replay_of(await tenant.post(path, idempotency_key="slow-freeze"), executed)
+    assert await status_events(api, tenant, "wallet.frozen") == 1
+
+
+async def test_void_reverse_approve_and_reject_keys_replay_and_refuse_reuse(api: Api) -> None:
+    tenant = await api.harness.tenant()
+    wallet = await tenant.wallet()
+    await tenant.credit(wallet["id"], 10_000)
+    holds = []
+    for _ in range(2):
+        hold = await tenant.post("/v1/holds", credit_body(wallet, 100))
+        holds.append(hold.json()["id"])
+    credits = [await tenant.credit(wallet["id"], 5) for _ in range(2)]
+    rule = {"amount": 1_000, "currency": "EUR"}
+    big = {"name": "big", "type": "amount_at_least", "params": rule, "action": "review"}
+    assert (await tenant.put("/v1/risk-rules", {"rules": [big]})).status_code == 200
+    reviews = [(await tenant.post("/v1/debits", credit_body(wallet, 1_000))).json()["id"]]
+    reviews.append((await tenant.post("/v1/debits", credit_body(wallet, 1_000))).json()["id"])
+    firsts = {
+        "void": await tenant.post(f"/v1/holds/{holds[0]}/void", idempotency_key="void-k"),
+        "reverse": await tenant.post(
+            f"/v1/transactions/{credits[0]['id']}/reverse", {"reason": "x"}, idempotency_key="rev-k"
+        ),
+        "approve": await tenant.post(f"/v1/reviews/{reviews[0]}/approve", idempotency_key="dec-k"),
+    }
+    assert [first.status_code for first in firsts.values()] == [200, 201, 200]
+    await api.disrupt()
+
+    assert_replay_of(
+        await tenant.post(f"/v1/holds/{holds[0]}/void", idempotency_key="void-k"), firsts["void"]
+    )
+    assert_replay_of(
+        await tenant.post(
+            f"/v1/transactions/{credits[0]['id']}/reverse", {"reason": "x"}, idempotency_key="rev-k"
+        ),
+        firsts["reverse"],
+    )
+    assert_replay_of(
+        await tenant.post(f"/v1/reviews/{reviews[0]}/approve", idempotency_key="dec-k"),
+        firsts["approve"],
+    )
+    assert_reused(await tenant.post(f"/v1/holds/{holds[1]}/void", idempotency_key="void-k"))
+    assert_reused(
+        await tenant.post(
+            f"/v1/transactions/{credits[1]['id']}/reverse", {"reason": "x"}, idempotency_key="rev-k"
+        )
+    )
+    assert_reused(
+        await tenant.post(
+            f"/v1/transactions/{credits[0]['id']}/reverse", {"reason": "y"}, idempotency_key="rev-k"
+        )
+    )
+    assert_reused(await tenant.post(f"/v1/reviews/{reviews[1]}/reject", idempotency_key="dec-k"))
+    assert_reused(await tenant.post(f"/v1/reviews/{reviews[0]}/reject", idempotency_key="dec-k"))
+    assert_reused(await tenant.post(f"/v1/wallets/{wallet['id']}/freeze", idempotency_key="dec-k"))
+    assert (await tenant.get(f"/v1/holds/{holds[1]}")).json()["status"] == "pending"
+    assert (await tenant.get(f"/v1/transactions/{reviews[1]}")).json()["status"] == (
+        "pending_review"
+    )
+    assert await api.transactions(tenant) == 1 + 2 + 2 + 1  # one reversal only
+    assert await wallet_status(tenant, wallet) == "active"

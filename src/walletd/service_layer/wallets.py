@@ -1,7 +1,8 @@
 """Wallet use cases: open, read, list, freeze, unfreeze, close, set limits.
 
 Admin actions lock the wallet row (the same lock postings take), emit their
-event through the outbox and write the admin audit log, all in one transaction.
+event through the outbox and write the admin audit log, all in one transaction; with
+an ``Idempotency-Key``, the answer is stored in that transaction too.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
+
+import asyncpg
 
 from walletd.adapters import admin_log, outbox_store, wallet_store
 from walletd.adapters.postgres import Database
@@ -43,6 +46,51 @@ def wallet_snapshot(wallet: Wallet) -> dict[str, Any]:
         "held_balance": wallet.held_balance,
         "limits": wallet.limits.to_json(),
     }
+
+
+STATUS_AFTER = {
+    "freeze": WalletStatus.FROZEN,
+    "unfreeze": WalletStatus.ACTIVE,
+    "close": WalletStatus.CLOSED,
+}
+EVENT_OF = {"freeze": "wallet.frozen", "unfreeze": "wallet.unfrozen", "close": "wallet.closed"}
+
+
+async def _apply_status(
+    connection: asyncpg.Connection,
+    principal: Principal,
+    before: Wallet,
+    action: str,
+    reason: str | None,
+    at: datetime,
+) -> Wallet:
+    """Move the locked wallet ``before`` to its status after ``action``: the row, the
+    event and the admin log entry; raise when the wallet cannot take that status."""
+    wallet_id, target = before.id, STATUS_AFTER[action]
+    assert before.status is not target
+    if before.status is WalletStatus.CLOSED:
+        raise WalletClosed(f"wallet {wallet_id} is closed")
+    if target is WalletStatus.CLOSED and (before.balance != 0 or before.held_balance != 0):
+        raise WalletNotEmpty(
+            f"wallet {wallet_id} has balance {before.balance} and"
+            f" {before.held_balance} held; both must be 0 to close it"
+        )
+    after = await wallet_store.set_status(connection, principal.tenant_id, wallet_id, target, at)
+    assert after.status is target
+    data = wallet_event_data(after, reason=reason)
+    event = cloud_event(EVENT_OF[action], wallet_id, at, data)
+    await outbox_store.add_events(connection, principal.tenant_id, [event])
+    await admin_log.record_action(
+        connection,
+        tenant_id=principal.tenant_id,
+        key_id=principal.key_id,
+        action=f"wallet.{action}",
+        target_type="wallet",
+        target_id=str(wallet_id),
+        before=wallet_snapshot(before),
+        after={**wallet_snapshot(after), "reason": reason},
+    )
+    return after
 
 
 class WalletService:
@@ -99,51 +147,35 @@ class WalletService:
             return await wallet_store.list_wallets(connection, tenant_id, owner_id, after, limit)
 
     async def change_status(
-        self, principal: Principal, wallet_id: UUID, action: str, reason: str | None
+        self,
+        principal: Principal,
+        wallet_id: UUID,
+        action: str,
+        reason: str | None,
+        *,
+        request: IdempotentRequest | None = None,
+        answer: WalletAnswer | None = None,
     ) -> Wallet:
-        """``freeze``, ``unfreeze`` or ``close``; a no-op when already in that state."""
-        target = {
-            "freeze": WalletStatus.FROZEN,
-            "unfreeze": WalletStatus.ACTIVE,
-            "close": WalletStatus.CLOSED,
-        }[action]
+        """``freeze``, ``unfreeze`` or ``close``; a no-op when already in that state.
+
+        With ``request``, ``answer(wallet)`` is stored under its key in the same
+        transaction as the change; a no-op is answered, and stored, all the same.
+        """
+        target = STATUS_AFTER[action]
         at = datetime.now(UTC)
         async with self._database.unit_of_work() as uow:
             connection = uow.connection
+            await claim_key(connection, principal.tenant_id, request)
             before = await wallet_store.get_wallet(
                 connection, principal.tenant_id, wallet_id, lock=True
             )
             if before is None:
                 raise NotFound(f"wallet {wallet_id} not found")
-            if before.status is target:
-                return before
-            if before.status is WalletStatus.CLOSED:
-                raise WalletClosed(f"wallet {wallet_id} is closed")
-            if target is WalletStatus.CLOSED and (before.balance != 0 or before.held_balance != 0):
-                raise WalletNotEmpty(
-                    f"wallet {wallet_id} has balance {before.balance} and"
-                    f" {before.held_balance} held; both must be 0 to close it"
-                )
-            after = await wallet_store.set_status(
-                connection, principal.tenant_id, wallet_id, target, at
-            )
-            event_type = {
-                "freeze": "wallet.frozen",
-                "unfreeze": "wallet.unfrozen",
-                "close": "wallet.closed",
-            }[action]
-            event = cloud_event(event_type, wallet_id, at, wallet_event_data(after, reason=reason))
-            await outbox_store.add_events(connection, principal.tenant_id, [event])
-            await admin_log.record_action(
-                connection,
-                tenant_id=principal.tenant_id,
-                key_id=principal.key_id,
-                action=f"wallet.{action}",
-                target_type="wallet",
-                target_id=str(wallet_id),
-                before=wallet_snapshot(before),
-                after={**wallet_snapshot(after), "reason": reason},
-            )
+            after = before
+            if before.status is not target:
+                after = await _apply_status(connection, principal, before, action, reason, at)
+            if request is not None and answer is not None:
+                await store_answer(connection, principal.tenant_id, request.row(*answer(after)))
             await uow.commit()
         return after
 

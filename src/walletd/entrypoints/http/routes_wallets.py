@@ -1,4 +1,8 @@
-"""Wallet endpoints: open, read, list, freeze/unfreeze/close, limits, entries, balances."""
+"""Wallet endpoints: open, read, list, freeze/unfreeze/close, limits, entries, balances.
+
+Opening a wallet needs an ``Idempotency-Key``; freeze, unfreeze and close accept one,
+and then run once for it like every keyed POST (:mod:`walletd.entrypoints.http.idempotent`).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,14 @@ from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from walletd.domain.ledger import Limits
+from walletd.domain.records import Wallet
 from walletd.entrypoints.http import cursors, render
 from walletd.entrypoints.http.deps import (
     AdminPrincipal,
     OptionalKey,
     ReadPrincipal,
     RequiredKey,
+    Services,
     ServicesDep,
     WritePrincipal,
     path_uuid,
@@ -36,6 +42,7 @@ from walletd.entrypoints.http.schemas import (
 from walletd.errors import ValidationFailed
 from walletd.service_layer.idempotency import IdempotentRequest
 from walletd.service_layer.queries import Statement
+from walletd.service_layer.tenants import Principal
 
 router = APIRouter(prefix="/v1")
 Limit = Annotated[int, Query(ge=1, le=500)]
@@ -97,51 +104,71 @@ async def list_wallets(
 
 
 async def _status_action(
-    action: str, wallet_id: str, body: ReasonBody | None, principal: Any, services: Any
+    request: Request,
+    action: str,
+    wallet_id: str,
+    body: ReasonBody | None,
+    principal: Principal,
+    services: Services,
+    key: str | None,
 ) -> Response:
-    wallet = await services.wallets.change_status(
-        principal, path_uuid(wallet_id, "wallet"), action, body.reason if body else None
-    )
-    return json_response(200, render.dumps(render.wallet_json(wallet)))
+    """Freeze, unfreeze or close, run once per ``Idempotency-Key`` when one is sent."""
+    wanted = path_uuid(wallet_id, "wallet")
+    reason = body or ReasonBody()  # no body is the empty body: {"reason": null}
+
+    def answer(wallet: Wallet) -> tuple[int, bytes]:
+        return 200, render.dumps(render.wallet_json(wallet))
+
+    async def execute(idempotent: IdempotentRequest | None) -> Response:
+        wallet = await services.wallets.change_status(
+            principal, wanted, action, reason.reason, request=idempotent, answer=answer
+        )
+        return json_response(*answer(wallet))
+
+    fingerprint = reason.model_dump(mode="json")
+    return await run_idempotent(request, services, principal.tenant_id, key, fingerprint, execute)
 
 
 @router.post(
     "/wallets/{wallet_id}/freeze", response_model=WalletPublic, responses=IDEMPOTENT_RESPONSES
 )
 async def freeze_wallet(
+    request: Request,
     wallet_id: str,
     principal: AdminPrincipal,
     services: ServicesDep,
-    _key: OptionalKey,
+    key: OptionalKey,
     body: Annotated[ReasonBody | None, Body()] = None,
 ) -> Response:
-    return await _status_action("freeze", wallet_id, body, principal, services)
+    return await _status_action(request, "freeze", wallet_id, body, principal, services, key)
 
 
 @router.post(
     "/wallets/{wallet_id}/unfreeze", response_model=WalletPublic, responses=IDEMPOTENT_RESPONSES
 )
 async def unfreeze_wallet(
+    request: Request,
     wallet_id: str,
     principal: AdminPrincipal,
     services: ServicesDep,
-    _key: OptionalKey,
+    key: OptionalKey,
     body: Annotated[ReasonBody | None, Body()] = None,
 ) -> Response:
-    return await _status_action("unfreeze", wallet_id, body, principal, services)
+    return await _status_action(request, "unfreeze", wallet_id, body, principal, services, key)
 
 
 @router.post(
     "/wallets/{wallet_id}/close", response_model=WalletPublic, responses=IDEMPOTENT_RESPONSES
 )
 async def close_wallet(
+    request: Request,
     wallet_id: str,
     principal: AdminPrincipal,
     services: ServicesDep,
-    _key: OptionalKey,
+    key: OptionalKey,
     body: Annotated[ReasonBody | None, Body()] = None,
 ) -> Response:
-    return await _status_action("close", wallet_id, body, principal, services)
+    return await _status_action(request, "close", wallet_id, body, principal, services, key)
 
 
 @router.put("/wallets/{wallet_id}/limits", response_model=WalletPublic)

@@ -3,10 +3,21 @@
 Requests are validated here (shape, ranges, currencies, metadata caps); anything that
 fails becomes a 422 ``validation_error``. Response models document the wire format in
 OpenAPI; the bytes themselves come from :mod:`walletd.entrypoints.http.render`.
+
+Every request model derives from :class:`RequestModel`, which makes its fields strict
+JSON types in one place: a boolean takes only ``true``/``false``, an integer only a JSON
+integer (no ``1.0``, ``"1"`` or ``true``), a string only a string. FastAPI (and the lean
+path) validate the *parsed* body, in pydantic's Python mode, where strict mode would also
+refuse the strings that carry UUIDs and timestamps; so :class:`RequestModel` relaxes
+exactly those two leaves of its schema to "a string, parsed": a UUID field takes a UUID
+string, a timestamp field an RFC 3339 string, and neither a number nor anything else.
+Subclasses get this whatever they annotate (``UUID``, ``AwareDatetime``, ``X | None``,
+lists of them, nested request models).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -14,7 +25,16 @@ from uuid import UUID
 import orjson
 import pycountry
 from pydantic import UUID4 as _UUID4  # noqa: F401  (kept for schema consumers)
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    StrictInt,
+    StrictStr,
+)
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from walletd.domain.money import MAX_AMOUNT, is_known_currency
 
@@ -89,8 +109,65 @@ Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
 Reference = Annotated[StrictStr, Field(max_length=255, pattern=NUL_FREE)]
 
 
+# An RFC 3339 date-time starts with its full date and the "T" (or space) before the time;
+# pydantic alone would also read "1700000000" as a Unix time.
+RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _uuid_string(value: Any) -> Any:
+    if isinstance(value, str | UUID):
+        return value
+    raise PydanticCustomError("uuid_type", "Input should be a UUID string")
+
+
+def _timestamp_string(value: Any) -> Any:
+    if isinstance(value, datetime) or (isinstance(value, str) and RFC3339_START.match(value)):
+        return value
+    raise PydanticCustomError("datetime_type", "Input should be an RFC 3339 timestamp string")
+
+
+# Core-schema leaf type → the check that lets only its JSON form (a string) through.
+_STRING_LEAVES = {"uuid": _uuid_string, "datetime": _timestamp_string}
+# Keys of a core schema that hold no validation schema to relax.
+_NOT_SCHEMAS = frozenset({"metadata", "serialization", "config", "cls", "ref", "default"})
+
+
+def _strings_for_uuids_and_timestamps(schema: Any) -> Any:
+    """``schema`` with each strict UUID/datetime leaf taking its string form instead.
+
+    Walks every nested schema (fields, items, choices, definitions, wrapped schemas);
+    a leaf already lax (``strict: False``: a nested request model, relaxed when it was
+    built) is left as it is.
+    """
+    if isinstance(schema, list):
+        return [_strings_for_uuids_and_timestamps(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    kind = schema.get("type")
+    only_strings = _STRING_LEAVES.get(kind) if isinstance(kind, str) else None
+    if only_strings is not None and schema.get("strict") is not False:
+        relaxed = {**schema, "strict": False}
+        return core_schema.no_info_before_validator_function(only_strings, relaxed)
+    walked: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _NOT_SCHEMAS and isinstance(kind, str):
+            walked[key] = value
+        else:  # a schema's parts, or a {field name: field schema} mapping
+            walked[key] = _strings_for_uuids_and_timestamps(value)
+    return walked
+
+
 class RequestModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=False)
+    """A request body: strict JSON types, UUIDs and timestamps as strings (see above)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[BaseModel], handler: GetCoreSchemaHandler, /
+    ) -> CoreSchema:
+        relaxed: CoreSchema = _strings_for_uuids_and_timestamps(handler(source))
+        return relaxed
 
 
 class WalletCreate(RequestModel):

@@ -1,7 +1,9 @@
 """Request and response models of the admin endpoints: risk rules, reviews, audit log.
 
-Requests are checked for shape here (422 ``validation_error``); a rule's ``params``
-are checked by :func:`walletd.domain.risk.parse_rules`, the one validator of rules.
+Requests are checked for shape here (422 ``validation_error``), with the strict JSON
+types of every :class:`~walletd.entrypoints.http.schemas.RequestModel`; a rule's
+``params`` are checked by :func:`walletd.domain.risk.parse_rules`, the one validator of
+rules (integers there are strict too).
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from walletd.domain.risk import MAX_NAME_LENGTH, MAX_RULES
 from walletd.entrypoints.http.schemas import NUL_FREE, RequestModel, TransactionPublic
 
 
-class RiskRuleIn(BaseModel):
+class RiskRuleIn(RequestModel):
     """One rule as a client writes it; unknown keys are refused, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid")  # strict JSON types too, as every RequestModel
 
     name: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NUL_FREE)]
     type: Literal["amount_at_least", "young_wallet", "distinct_recipients"]
