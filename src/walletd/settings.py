@@ -20,6 +20,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
 
+    # HTTP (see docs/security.md, "HTTP limits").
+    http_keep_alive_seconds: int = Field(default=5, ge=1, le=300)
+    http_backlog: int = Field(default=2048, ge=1, le=65_535)
+
     database_pool_min: int = Field(default=2, ge=1, le=200)
     database_pool_max: int = Field(default=20, ge=1, le=500)
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=120)

@@ -118,6 +118,8 @@ def serve(
             workers=settings.workers,
             loop="uvloop",
             http="httptools",
+            timeout_keep_alive=settings.http_keep_alive_seconds,
+            backlog=settings.http_backlog,
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=10,
