@@ -15,8 +15,8 @@ listen backlog. Here, per connection:
   worker, a request is answered 503 ``unavailable`` with ``Retry-After`` and its
   connection closed (uvicorn's own ``limit_concurrency`` answers in plain text).
 
-Timers are armed only when a request is still incomplete after a read, so a request
-that arrives in one piece costs none.
+Besides the one armed when a connection opens, a timer is armed only when a read leaves
+a request incomplete: a request that arrives in one piece costs none.
 """
 
 from __future__ import annotations
