@@ -20,6 +20,15 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
 
+    # HTTP limits (docs/security.md): deadlines and head size per connection,
+    # connections per worker process, backlog of the listening socket.
+    http_header_timeout_seconds: float = Field(default=15.0, gt=0, le=300)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    http_keep_alive_seconds: int = Field(default=5, ge=1, le=300)
+    http_max_head_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    http_max_connections: int = Field(default=1000, ge=1, le=100_000)
+    http_backlog: int = Field(default=2048, ge=1, le=65_535)
+
     database_pool_min: int = Field(default=2, ge=1, le=200)
     database_pool_max: int = Field(default=20, ge=1, le=500)
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=120)

@@ -14,11 +14,7 @@ under a second — never a hang.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,13 +27,12 @@ import httpx
 import pytest
 
 from tests.support.api import ApiHarness
+from tests.support.serve import Server, serving
 from walletd.entrypoints.bootstrap import Services
 from walletd.entrypoints.http.app import create_app
 from walletd.service_layer.tenants import create_api_key
 from walletd.settings import Settings
 
-WALLETD = Path(sys.executable).with_name("walletd")
-STARTUP_DEADLINE_SECONDS = 30.0
 GRACEFUL_TIMEOUT_SECONDS = 10.0  # cli.py: uvicorn timeout_graceful_shutdown
 EXIT_MARGIN_SECONDS = 5.0
 WORKERS = 6
@@ -49,57 +44,10 @@ IN_FLIGHT_MARGIN_SECONDS = 0.2  # headers sent this long before SIGTERM: surely 
 CREDIT_AMOUNT = 7
 
 
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base_url: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-
-def wait_until_healthy(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_DEADLINE_SECONDS
-    while time.monotonic() < deadline:
-        assert server.process.poll() is None, f"walletd serve exited early:\n{server.log()}"
-        try:
-            if httpx.get(f"{server.base_url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"walletd serve did not answer /healthz in time:\n{server.log()}")
-
-
 @pytest.fixture
 def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
-    port = free_loopback_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("WALLETD_")}
-    env["WALLETD_DATABASE_URL"] = database_url
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(WALLETD), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    running = Server(process, f"http://127.0.0.1:{port}", log_path)
-    try:
-        wait_until_healthy(running)
+    with serving(database_url, tmp_path / "serve.log") as running:
         yield running
-    finally:
-        if process.poll() is None:
-            process.kill()  # only the process this fixture started, by its handle
-            process.wait(timeout=10)
 
 
 async def new_key(database_url: str) -> str:

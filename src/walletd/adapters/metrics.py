@@ -23,6 +23,12 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 
+HTTP_CONNECTIONS_CUT = Counter(
+    "walletd_http_connections_cut",
+    "Connections closed or refused by an HTTP limit (docs/security.md, HTTP limits).",
+    ["reason"],
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The text format of every metric, merged across worker processes when needed."""

@@ -96,6 +96,8 @@ def serve(
 
     import uvicorn
 
+    from walletd.entrypoints.http.connections import BoundedHttpToolsProtocol
+
     settings = settings_or_fail(host=host, port=port, workers=workers, database_url=database_url)
     try:
         asyncio.run(check_database(settings.database_url))
@@ -117,7 +119,10 @@ def serve(
             port=settings.port,
             workers=settings.workers,
             loop="uvloop",
-            http="httptools",
+            # Header and body deadlines, head size and connection caps: see its module.
+            http=BoundedHttpToolsProtocol,
+            timeout_keep_alive=settings.http_keep_alive_seconds,
+            backlog=settings.http_backlog,
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=10,
