@@ -16,13 +16,13 @@ from starlette.responses import Response, StreamingResponse
 
 from walletd.domain.ledger import Limits
 from walletd.domain.records import Wallet
+from walletd.entrypoints.bootstrap import Services
 from walletd.entrypoints.http import cursors, render
 from walletd.entrypoints.http.deps import (
     AdminPrincipal,
     OptionalKey,
     ReadPrincipal,
     RequiredKey,
-    Services,
     ServicesDep,
     WritePrincipal,
     path_uuid,
