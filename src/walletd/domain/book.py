@@ -123,6 +123,7 @@ class Book:
     touched: list[UUID] = field(default_factory=list)
     _frames: list[_Frame] = field(default_factory=list)
     _system_ids_cache: frozenset[UUID] | None = None
+    _expired_at_open: set[UUID] = field(default_factory=set)
 
     # ----- requests and undo frames ------------------------------------------------
 
@@ -130,6 +131,7 @@ class Book:
         self, tenant_id: UUID, commands: Sequence[Command], *, atomic: bool
     ) -> list[Outcome]:
         """Apply ``commands`` in order; ``atomic``: the first failure cancels them all."""
+        atomic = atomic and len(commands) > 1  # one command's own frame is enough
         if atomic:
             self._begin()
         outcomes: list[Outcome] = []
@@ -428,12 +430,15 @@ class Book:
         for hold in sorted(self.holds.values(), key=lambda hold: hold.id):
             if is_due(hold, self.at):
                 self._finish(hold, "expired")
+                self._expired_at_open.add(hold.id)
 
     def _expire_command(self, tenant_id: UUID, command: ExpireHold) -> Hold:
         hold = self.holds.get(command.hold_id)
-        if hold is not None and hold.tenant_id == tenant_id and hold.status == "expired":
+        if hold is None or hold.tenant_id != tenant_id:
+            raise NotFound(f"hold {command.hold_id} not found")
+        if hold.id in self._expired_at_open:
             return hold  # due: expired when the book was opened
-        return self.pending_hold(tenant_id, command.hold_id)  # raises; not due yet otherwise
+        raise HoldNotPending(f"hold {hold.id} is {hold.status}, not due to expire now")
 
     def _reverse(self, tenant_id: UUID, command: Reverse) -> Transaction:
         original = self.referenced_transaction(tenant_id, command.transaction_id)
