@@ -34,9 +34,10 @@ class Settings(BaseSettings):
     database_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     database_acquire_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     # Server-side bounds on the API's database sessions (0 turns one off): a stuck
-    # statement or lock wait ends as a 503 instead of holding a group forever.
-    database_statement_timeout_seconds: float = Field(default=10.0, ge=0, le=3600)
-    database_lock_timeout_seconds: float = Field(default=5.0, ge=0, le=3600)
+    # statement or lock wait ends as a 503 instead of holding a group forever. Below
+    # database_timeout_seconds, so that they fire first and fail the one request alone.
+    database_statement_timeout_seconds: float = Field(default=4.0, ge=0, le=3600)
+    database_lock_timeout_seconds: float = Field(default=2.0, ge=0, le=3600)
     database_idle_in_transaction_timeout_seconds: float = Field(default=30.0, ge=0, le=3600)
     redis_timeout_seconds: float = Field(default=0.05, gt=0, le=10)
     kafka_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
