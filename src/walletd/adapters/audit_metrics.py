@@ -18,7 +18,7 @@ AUDIT_VIOLATIONS = Gauge(
 )
 AUDIT_VIOLATIONS_BY_INVARIANT = Gauge(
     "walletd_audit_violations_by_invariant",
-    "Violations found by the last completed audit, per invariant of SPEC.md section 6.",
+    "Violations found by the last completed audit, per invariant (docs/audit.md).",
     ["invariant"],
     registry=REGISTRY,
 )

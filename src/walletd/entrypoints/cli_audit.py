@@ -1,4 +1,4 @@
-"""The ``walletd audit`` command: check SPEC.md section 6 and say what is broken.
+"""The ``walletd audit`` command: check every invariant (docs/audit.md), name what is broken.
 
 A Typer fragment: :func:`register` adds the command to the main CLI. Exit 0 when every
 invariant holds, 1 when any is broken (each broken wallet/transaction named on stdout),

@@ -1,4 +1,4 @@
-"""``walletd audit``: checks the invariants of SPEC.md section 6 from the database alone.
+"""``walletd audit``: checks the ledger's invariants (docs/audit.md) from the database alone.
 
 Everything is read in ONE read-only REPEATABLE READ transaction, so every check sees
 the same snapshot while the engine keeps posting. Per-transaction and per-tenant sums
@@ -41,7 +41,7 @@ SubjectKind = Literal["wallet_id", "transaction_id", "tenant_id"]
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    """One broken invariant (1 to 7 of SPEC.md section 6) and what it concerns."""
+    """One broken invariant (1 to 7, docs/audit.md) and what it concerns."""
 
     invariant: int
     subject: SubjectKind
