@@ -101,7 +101,6 @@ class DecideReview:
 
 
 PostingCommand = Credit | Debit | Transfer
-HoldCommand = PlaceHold | CaptureHold | VoidHold | ExpireHold
 Command = (
     Credit | Debit | Transfer | PlaceHold | CaptureHold | VoidHold | ExpireHold | Reverse
 ) | DecideReview
