@@ -19,20 +19,31 @@ from walletd.service_layer.tenants import create_api_key
 pytestmark = pytest.mark.integration
 
 
-async def _tenant_with_wallets(database: Database, count: int) -> tuple[uuid.UUID, list[uuid.UUID]]:
+async def _tenant_with_wallets(
+    database: Database, count: int, currency: str = "EUR"
+) -> tuple[uuid.UUID, list[uuid.UUID]]:
     async with database.connection() as connection:
         key = await create_api_key(connection, f"guards-{uuid.uuid4().hex[:8]}", ["read"])
-        wallet_ids = [uuid.uuid4() for _ in range(count)]
-        now = datetime.now(UTC)
+        wallet_ids = await _wallets_of(database, key.tenant_id, count, currency)
+    return key.tenant_id, wallet_ids
+
+
+async def _wallets_of(
+    database: Database, tenant_id: uuid.UUID, count: int, currency: str
+) -> list[uuid.UUID]:
+    wallet_ids = [uuid.uuid4() for _ in range(count)]
+    now = datetime.now(UTC)
+    async with database.connection() as connection:
         for wallet_id in wallet_ids:
             await connection.execute(
                 "INSERT INTO wallets (id, tenant_id, currency, created_at, updated_at)"
-                " VALUES ($1, $2, 'EUR', $3, $3)",
+                " VALUES ($1, $2, $3, $4, $4)",
                 wallet_id,
-                key.tenant_id,
+                tenant_id,
+                currency,
                 now,
             )
-    return key.tenant_id, wallet_ids
+    return wallet_ids
 
 
 _INSERT_TRANSACTION = (
@@ -115,9 +126,60 @@ async def test_unbalanced_entries_are_refused(
 
 async def test_balanced_entries_are_accepted_in_one_statement(database: Database) -> None:
     tenant_id, (first, second) = await _tenant_with_wallets(database, 2)
-    balanced = [(first, "EUR", 5), (second, "EUR", -5), (first, "USD", 2), (second, "USD", -2)]
+    third, fourth = await _wallets_of(database, tenant_id, 2, "USD")
+    balanced = [(first, "EUR", 5), (second, "EUR", -5), (third, "USD", 2), (fourth, "USD", -2)]
     transaction_id = await _insert(database, tenant_id, [balanced])
     assert await _count(database, transaction_id) == 4
+
+
+async def test_entries_name_existing_wallets_of_their_currency(database: Database) -> None:
+    tenant_id, (first, second) = await _tenant_with_wallets(database, 2)
+    (dollars,) = await _wallets_of(database, tenant_id, 1, "USD")
+    for entries in (
+        [(first, "EUR", 5), (uuid.uuid4(), "EUR", -5)],  # no such wallet
+        [(first, "USD", 5), (dollars, "USD", -5)],  # an EUR wallet
+    ):
+        with pytest.raises(asyncpg.ForeignKeyViolationError) as refused:
+            await _insert(database, tenant_id, [entries])
+        assert refused.value.constraint_name == "entries_references"
+    assert await _insert(database, tenant_id, [[(first, "EUR", 5), (second, "EUR", -5)]])
+
+
+async def test_transactions_name_their_own_tenants_wallets(database: Database) -> None:
+    tenant_id, (own,) = await _tenant_with_wallets(database, 1)
+    _, (foreign,) = await _tenant_with_wallets(database, 1)
+    now = datetime.now(UTC)
+    async with database.connection() as connection:
+        for from_wallet, to_wallet in ((own, foreign), (uuid.uuid4(), own)):
+            with pytest.raises(asyncpg.ForeignKeyViolationError) as refused:
+                await connection.execute(
+                    "INSERT INTO transactions (id, tenant_id, type, status, amount, currency,"
+                    " from_wallet_id, to_wallet_id, created_at, updated_at)"
+                    " VALUES ($1, $2, 'transfer', 'posted', 5, 'EUR', $3, $4, $5, $5)",
+                    uuid.uuid4(),
+                    tenant_id,
+                    from_wallet,
+                    to_wallet,
+                    now,
+                )
+            assert refused.value.constraint_name == "transactions_references"
+        with pytest.raises(asyncpg.ForeignKeyViolationError):
+            await connection.execute(_INSERT_TRANSACTION, uuid.uuid4(), uuid.uuid4(), now)
+
+
+async def test_tenants_wallets_and_transactions_are_never_deleted(database: Database) -> None:
+    tenant_id, (wallet_id,) = await _tenant_with_wallets(database, 1)
+    (posted,) = await Engine(database).post(tenant_id, [Credit(wallet_id, 10, "EUR")])
+    assert isinstance(posted, Transaction)
+    async with database.connection() as connection:
+        for statement, argument in (
+            ("DELETE FROM transactions WHERE id = $1", posted.id),
+            ("DELETE FROM wallets WHERE id = $1", wallet_id),
+            ("UPDATE wallets SET id = gen_random_uuid() WHERE id = $1", wallet_id),
+            ("DELETE FROM tenants WHERE id = $1", tenant_id),
+        ):
+            with pytest.raises(asyncpg.RestrictViolationError, match="never deleted"):
+                await connection.execute(statement, argument)
 
 
 async def test_entries_cannot_be_changed_or_deleted(database: Database) -> None:

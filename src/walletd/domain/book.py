@@ -130,10 +130,13 @@ class Book:
     def apply_request(
         self, tenant_id: UUID, commands: Sequence[Command], *, atomic: bool
     ) -> list[Outcome]:
-        """Apply ``commands`` in order; ``atomic``: the first failure cancels them all."""
-        atomic = atomic and len(commands) > 1  # one command's own frame is enough
-        if atomic:
-            self._begin()
+        """Apply ``commands`` in order; ``atomic``: the first failure cancels them all.
+
+        An atomic request runs in one undo frame (a failed command cancels the whole
+        request, so it needs no frame of its own); otherwise each command has its own.
+        """
+        if atomic and len(commands) > 1:
+            return self._apply_atomic(tenant_id, commands)
         outcomes: list[Outcome] = []
         for index, command in enumerate(commands):
             self._begin()
@@ -141,15 +144,22 @@ class Book:
                 result = self._apply(tenant_id, command)
             except WalletdError as error:
                 self._cancel()
-                if atomic:
-                    self._cancel()
-                    return [ItemFailure(index, error)]
                 outcomes.append(ItemFailure(index, error))
                 continue
             self._keep()
             outcomes.append(result)
-        if atomic:
-            self._keep()
+        return outcomes
+
+    def _apply_atomic(self, tenant_id: UUID, commands: Sequence[Command]) -> list[Outcome]:
+        self._begin()
+        outcomes: list[Outcome] = []
+        for index, command in enumerate(commands):
+            try:
+                outcomes.append(self._apply(tenant_id, command))
+            except WalletdError as error:
+                self._cancel()
+                return [ItemFailure(index, error)]
+        self._keep()
         return outcomes
 
     def _outputs(self) -> tuple[list[Any], ...]:
