@@ -1,7 +1,7 @@
 """A wallet with a million entries, built fast yet valid for ``walletd audit``, and its reads.
 
 Entries are computed in Python by the engine's own rules (``post_movement`` →
-``append_entry`` for the chain and hashes, ``entry_events`` for the outbox), one credit
+``append_entry`` for the chain and hashes, ``posting_event`` for the outbox), one credit
 or debit per pair, so the tenant's system wallet for the currency gets a valid chain
 too; ``created_at`` is spread over ~90 days. Everything is loaded with COPY in ONE
 database transaction under ``session_replication_role = replica``: the foreign-key
@@ -28,7 +28,7 @@ import orjson
 
 from walletd import jsontext
 from walletd.adapters.ledger_store import LOCK_ANY_WALLETS, ensure_system_wallet, wallet_state
-from walletd.domain.events import OutboxEvent, cloud_event, entry_events
+from walletd.domain.events import OutboxEvent, cloud_event, posting_event
 from walletd.domain.hashing import canonical_timestamp
 from walletd.domain.ledger import Limits, Movement, WalletState, WalletStatus, post_movement
 from walletd.domain.records import Transaction, Wallet
@@ -147,7 +147,7 @@ class LedgerWriter:
         for index in range(first, stop):
             at = self.start + timedelta(microseconds=(index + 1) * self.step_us)
             transaction = self._post(at)
-            self._rows(transaction, entry_events(transaction, self.system_ids), chunk)
+            self._rows(transaction, [posting_event(transaction, self.system_ids)], chunk)
             self.last_at = at
         return chunk
 

@@ -40,6 +40,7 @@ from tests.chaos.workload import (
     RetryPolicy,
     send_until_definitive,
 )
+from walletd.domain.events import POSTING_ROW, expand_posting
 
 LISTED = 20  # examples named per failed verdict
 ENTRY_EVENT_TYPES = frozenset({"wallet.credited", "wallet.debited"})
@@ -74,6 +75,13 @@ class Snapshot:
     outbox_event_ids: set[str]
 
 
+def _published_ids(row: asyncpg.Record) -> list[str]:
+    """The ids of the events an outbox row publishes (a posting row: one per entry)."""
+    if row["event_type"] == POSTING_ROW:
+        return [event["id"] for _, event in expand_posting(orjson.loads(row["payload"]))]
+    return [str(row["event_id"])]
+
+
 async def read_snapshot(database_url: str, tenant_id: str) -> Snapshot:
     """Read the tenant's wallets, transactions, keys, entries and outbox ids."""
     tenant = uuid.UUID(tenant_id)
@@ -96,7 +104,11 @@ async def read_snapshot(database_url: str, tenant_id: str) -> Snapshot:
             " JOIN transactions t ON t.id = e.transaction_id WHERE t.tenant_id = $1",
             tenant,
         )
-        outbox = await connection.fetch("SELECT event_id FROM outbox WHERE tenant_id = $1", tenant)
+        outbox = await connection.fetch(
+            "SELECT event_id, event_type, payload::text AS payload FROM outbox"
+            " WHERE tenant_id = $1",
+            tenant,
+        )
     finally:
         await connection.close()
     return Snapshot(
@@ -115,7 +127,7 @@ async def read_snapshot(database_url: str, tenant_id: str) -> Snapshot:
         credits={str(r["id"]): r["amount"] for r in transactions if r["type"] == "credit"},
         keys={r["key"]: (r["status_code"], _body(r["response_body"])) for r in keys},
         entries={(str(r[0]), str(r[1]), int(r[2])) for r in entries},
-        outbox_event_ids={str(r["event_id"]) for r in outbox},
+        outbox_event_ids={event_id for row in outbox for event_id in _published_ids(row)},
     )
 
 

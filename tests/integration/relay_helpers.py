@@ -29,6 +29,7 @@ from walletd.adapters.postgres import Database
 from walletd.domain.book import ItemFailure
 from walletd.domain.commands import Credit, PostingCommand, Transfer
 from walletd.service_layer.engine import Engine
+from walletd.service_layer.relay import OutboxRow
 from walletd.service_layer.tenants import create_api_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -131,11 +132,14 @@ async def unpublished_count(database: Database, tenant_id: UUID) -> int:
 
 
 async def outbox_event_ids(database: Database, tenant_id: UUID) -> list[str]:
+    """The ids of the events the tenant's outbox rows publish, in outbox order."""
     async with database.connection() as connection:
         rows = await connection.fetch(
-            "SELECT event_id FROM outbox WHERE tenant_id = $1 ORDER BY id", tenant_id
+            "SELECT id, event_id, message_key, event_type, payload FROM outbox"
+            " WHERE tenant_id = $1 ORDER BY id",
+            tenant_id,
         )
-    return [str(row["event_id"]) for row in rows]
+    return [str(event["id"]) for row in rows for _, event in OutboxRow.from_record(row).events]
 
 
 def read_topic(

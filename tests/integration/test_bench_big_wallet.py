@@ -9,6 +9,7 @@ from bench import big_wallet
 
 from tests.support.databases import fresh_database
 from walletd.adapters.embedded import ServiceEndpoints
+from walletd.domain.events import POSTING_ROW, expand_posting
 from walletd.service_layer.audit import run_audit
 from walletd.service_layer.tenants import create_api_key
 
@@ -31,9 +32,10 @@ async def test_a_small_big_wallet_passes_the_audit(endpoints: ServiceEndpoints) 
     connection = await asyncpg.connect(url)
     try:
         payload = await connection.fetchval(
-            "SELECT payload::text FROM outbox WHERE message_key = $1 ORDER BY id DESC LIMIT 1",
-            str(big.wallet_id),
+            "SELECT payload::text FROM outbox WHERE event_type = $1 ORDER BY id DESC LIMIT 1",
+            POSTING_ROW,
         )
     finally:
         await connection.close()
-    assert orjson.loads(payload)["data"]["wallet_id"] == str(big.wallet_id)
+    events = expand_posting(orjson.loads(payload))
+    assert str(big.wallet_id) in [event["data"]["wallet_id"] for _, event in events]

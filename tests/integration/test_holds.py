@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from tests.support.events import published_events
 from tests.support.ledger import Holds
 from walletd.adapters.ledger_queries import get_transaction
 from walletd.adapters.postgres import Database
@@ -80,15 +81,8 @@ class Ledger:
 
     async def events(self, *types: str) -> list[tuple[str, dict[str, Any]]]:
         async with self.database.connection() as connection:
-            rows = await connection.fetch(
-                "SELECT event_type, payload FROM outbox WHERE tenant_id = $1 ORDER BY id",
-                self.tenant_id,
-            )
-        return [
-            (row["event_type"], row["payload"])
-            for row in rows
-            if not types or row["event_type"] in types
-        ]
+            events = await published_events(connection, self.tenant_id)
+        return [(event["type"], event) for event in events if not types or event["type"] in types]
 
     async def entry_count(self, wallet_id: UUID) -> int:
         async with self.database.connection() as connection:

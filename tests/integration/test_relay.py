@@ -245,7 +245,8 @@ async def test_paused_broker_delays_events_and_loses_none(
             assert time.monotonic() - started < 5, "postings do not wait for the broker"
             await asyncio.sleep(4.0)
             # Nothing is marked without the broker's acknowledgement, even after giving up.
-            assert await unpublished_count(database, tenant_id) == during == 200
+            # 200 events in 100 rows: one row per posted transaction, two entries each.
+            assert await unpublished_count(database, tenant_id) * 2 == during == 200
         finally:
             stack.kafka.resume()
         await eventually(lambda: drained(database, tenant_id), 20, "backlog drained")
@@ -410,7 +411,7 @@ async def test_replay_of_unknown_wallet_sends_nothing(
 
 async def test_retention_deletes_only_old_published_rows(database: Database) -> None:
     tenant_id, wallets = await tenant_with_wallets(database, 2)
-    await post_stream(Engine(database), tenant_id, wallets, 3)  # 12 rows
+    await post_stream(Engine(database), tenant_id, wallets, 6)  # 12 rows (one per transaction)
     async with database.connection() as connection:
         ids = [row["id"] for row in await connection.fetch(
             "SELECT id FROM outbox WHERE tenant_id = $1 ORDER BY id", tenant_id
@@ -478,8 +479,8 @@ async def test_relay_lingers_after_a_busy_batch_only(
         return await eventually(lambda: drained(database, tenant_id), 10, "published")
 
     async with relay_task(lingering):
-        busy = [command for index in range(5) for command in stream_commands(wallets, index)]
-        await publish_seconds(busy)  # 20 events in one commit: a busy batch
+        busy = [command for index in range(10) for command in stream_commands(wallets, index)]
+        await publish_seconds(busy)  # 20 rows (40 events) in one commit: a busy batch
         after_busy = await publish_seconds(stream_commands(wallets, 5)[:1])
         after_quiet = await publish_seconds(stream_commands(wallets, 6)[:1])
     assert after_busy >= linger / 2, "the batch after a busy one waits for more to gather"

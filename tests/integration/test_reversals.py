@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from tests.support.events import published_events
 from tests.support.ledger import Holds, Reversals
 from walletd.adapters.ledger_queries import get_transaction
 from walletd.adapters.postgres import Database
@@ -127,18 +128,18 @@ async def test_reversing_a_transfer_moves_it_back_and_names_the_counterparty(
     assert legs(reversal) == sorted([(payee, -250), (payer, 250)])
     assert (reversal.from_wallet_id, reversal.to_wallet_id) == (payee, payer)
     assert (await ledger.balance(payer), await ledger.balance(payee)) == ((1000, 3), (0, 2))
-    events = await ledger.rows(
-        "SELECT payload FROM outbox WHERE tenant_id = $1"
-        " AND payload->'data'->>'transaction_id' = $2 ORDER BY id",
-        ledger.tenant_id,
-        str(reversal.id),
-    )
+    async with ledger.database.connection() as connection:
+        events = [
+            event
+            for event in await published_events(connection, ledger.tenant_id)
+            if event["data"].get("transaction_id") == str(reversal.id)
+        ]
     assert [
         (
-            e["payload"]["type"],
-            e["payload"]["data"]["amount"],
-            e["payload"]["data"]["transaction_type"],
-            e["payload"]["data"]["counterparty_wallet_id"],
+            e["type"],
+            e["data"]["amount"],
+            e["data"]["transaction_type"],
+            e["data"]["counterparty_wallet_id"],
         )
         for e in events
     ] == [

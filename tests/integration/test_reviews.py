@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from tests.support.events import published_events
 from tests.support.ledger import Reviews
 from walletd.adapters.postgres import Database
 from walletd.domain.book import ItemFailure, Outcome
@@ -90,13 +91,12 @@ class Desk:
 
     async def events(self, transaction_id: UUID) -> list[tuple[str, dict[str, Any]]]:
         async with self.database.connection() as connection:
-            rows = await connection.fetch(
-                "SELECT event_type, payload FROM outbox WHERE tenant_id = $1"
-                " AND payload->'data'->>'transaction_id' = $2 ORDER BY id",
-                self.tenant_id,
-                str(transaction_id),
-            )
-        return [(row["event_type"], row["payload"]["data"]) for row in rows]
+            events = await published_events(connection, self.tenant_id)
+        return [
+            (event["type"], event["data"])
+            for event in events
+            if event["data"].get("transaction_id") == str(transaction_id)
+        ]
 
     async def admin_actions(self) -> list[tuple[str, str, Any, Any]]:
         async with self.database.connection() as connection:

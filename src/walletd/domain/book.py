@@ -30,7 +30,7 @@ from walletd.domain.commands import (
     Transfer,
     VoidHold,
 )
-from walletd.domain.events import OutboxEvent, entry_events
+from walletd.domain.events import OutboxEvent, posting_event
 from walletd.domain.holds import hold_event, is_due
 from walletd.domain.ledger import (
     Movement,
@@ -350,7 +350,7 @@ class Book:
                 transaction.tenant_id, [review_event("review.created", transaction, self.at)]
             )
         else:
-            self._emit(transaction.tenant_id, entry_events(transaction, self._system_ids()))
+            self._emit(transaction.tenant_id, [posting_event(transaction, self._system_ids())])
 
     def _place_hold(self, tenant_id: UUID, command: PlaceHold) -> Hold:
         if command.amount <= 0:
@@ -525,7 +525,7 @@ class Book:
                 tenant_id,
                 [
                     review_event("review.approved", decided, self.at),
-                    *entry_events(decided, self._system_ids()),
+                    posting_event(decided, self._system_ids()),
                 ],
             )
         else:

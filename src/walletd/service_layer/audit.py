@@ -176,11 +176,16 @@ SELECT count(*) FROM transactions
 WHERE status = 'posted' AND ($1::timestamptz IS NULL OR created_at > $1)
 """
 
-# Invariant 6: every entry of a posted transaction has its event in the outbox.
+# Invariant 6: every entry of a posted transaction has its event in the outbox: in its
+# transaction's posting row (event id = transaction id), or as a row of its own.
 MISSING_EVENTS = """
 SELECT e.transaction_id, array_agg(e.wallet_id::text ORDER BY e.wallet_id) AS wallets
 FROM entries e JOIN transactions t ON t.id = e.transaction_id
 WHERE t.status = 'posted' AND ($1::timestamptz IS NULL OR t.created_at > $1)
+  AND NOT EXISTS (
+      SELECT 1 FROM outbox o
+      WHERE o.event_id = e.transaction_id AND o.event_type = 'ledger.posted'
+        AND o.payload -> 'entries' @> jsonb_build_array(jsonb_build_array(e.id::text)))
   AND NOT EXISTS (
       SELECT 1 FROM outbox o
       WHERE o.payload -> 'data' ->> 'transaction_id' = e.transaction_id::text

@@ -36,6 +36,7 @@ import structlog
 from walletd.adapters import relay_metrics
 from walletd.adapters.kafka import BrokerUnavailable, EventPublisher, OutboundMessage, ensure_topic
 from walletd.adapters.postgres import UNAVAILABLE_ERRORS, Database, init_connection
+from walletd.domain.events import POSTING_ROW, expand_posting
 from walletd.errors import Unavailable
 from walletd.settings import Settings
 
@@ -60,7 +61,7 @@ RETENTION_BATCH_SIZE = 1000
 RETENTION_MAX_BATCHES = 10
 
 FETCH_UNPUBLISHED = """
-SELECT id, event_id, message_key, payload
+SELECT id, event_id, message_key, event_type, payload
 FROM outbox
 WHERE published_at IS NULL
 ORDER BY id
@@ -102,21 +103,43 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """One stored event: its outbox id, key (a wallet id) and CloudEvents payload."""
+    """One stored row: its outbox id and the (key, CloudEvent) messages it publishes.
+
+    A row is one CloudEvent, or a posted transaction's entry events stored as one row
+    (:data:`~walletd.domain.events.POSTING_ROW`), expanded here.
+    """
 
     id: int
-    message_key: str
-    payload: dict[str, Any]
+    events: list[tuple[str, dict[str, Any]]]
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> OutboxRow:
         payload = record["payload"]
         assert isinstance(payload, dict)
+        if record["event_type"] == POSTING_ROW:
+            return cls(record["id"], expand_posting(payload))
         assert payload.get("id") == str(record["event_id"]), "payload id must be the event id"
-        return cls(record["id"], record["message_key"], payload)
+        return cls(record["id"], [(record["message_key"], payload)])
 
-    def message(self) -> OutboundMessage:
-        return OutboundMessage(self.message_key.encode(), orjson.dumps(self.payload))
+    def messages(self, wallet_id: str | None = None) -> list[OutboundMessage]:
+        """Its messages, in order; only ``wallet_id``'s when given."""
+        return [
+            OutboundMessage(key.encode(), orjson.dumps(event))
+            for key, event in self.events
+            if wallet_id is None or key == wallet_id
+        ]
+
+
+def acknowledged_rows(
+    messages_per_row: Sequence[int], acknowledged_messages: int
+) -> tuple[int, int]:
+    """(rows, their messages) wholly inside the first ``acknowledged_messages``."""
+    rows = messages = 0
+    for count in messages_per_row:
+        if messages + count > acknowledged_messages:
+            break
+        rows, messages = rows + 1, messages + count
+    return rows, messages
 
 
 @dataclass(slots=True)
@@ -325,8 +348,13 @@ class Relay:
     async def _publish(
         self, publisher: EventPublisher, lock: LeaderLock, rows: Sequence[OutboxRow]
     ) -> int:
-        """Send ``rows``; mark the acknowledged prefix published; return its length."""
-        delivery = await asyncio.to_thread(publisher.send, [row.message() for row in rows])
+        """Send ``rows``; mark the acknowledged prefix of rows published; return its length.
+
+        A row is acknowledged once every message it expands into is.
+        """
+        per_row = [row.messages() for row in rows]
+        messages = [message for row_messages in per_row for message in row_messages]
+        delivery = await asyncio.to_thread(publisher.send, messages)
         timeout = self.settings.kafka_timeout_seconds
         for attempt in range(MAX_WAIT_ATTEMPTS):
             if await self._wait_delivery(publisher, delivery, timeout):
@@ -337,7 +365,9 @@ class Relay:
             )  # fmt: skip
             if self.stopping or not await lock.alive():
                 break
-        acknowledged = delivery.acknowledged_prefix()
+        acknowledged, sent = acknowledged_rows(
+            [len(row_messages) for row_messages in per_row], delivery.acknowledged_prefix()
+        )
         if acknowledged < len(rows):
             error = delivery.first_error()
             logger.warning(
@@ -348,7 +378,7 @@ class Relay:
             await asyncio.to_thread(publisher.abandon)
         if acknowledged:
             await mark_published(lock.connection, [row.id for row in rows[:acknowledged]])
-            relay_metrics.EVENTS_PUBLISHED.inc(acknowledged)
+            relay_metrics.EVENTS_PUBLISHED.inc(sent)
         return acknowledged
 
     async def _wait_delivery(
@@ -491,22 +521,25 @@ class ReplayFilter:
         return self.start, self.end, None if self.wallet_id is None else str(self.wallet_id)
 
 
-COUNT_REPLAY = """
-SELECT count(*) FROM outbox
+# A wallet's rows: its own events, and posted transactions with one of its entries.
+_REPLAY_ROWS = f"""
+FROM outbox
 WHERE created_at >= $1 AND ($2::timestamptz IS NULL OR created_at < $2)
-  AND ($3::text IS NULL OR message_key = $3)
+  AND ($3::text IS NULL OR message_key = $3
+       OR (event_type = '{POSTING_ROW}'
+           AND jsonb_path_exists(payload, '$.entries[*][1] ? (@ == $w)',
+                                 jsonb_build_object('w', $3))))
 """
-FETCH_REPLAY = """
-SELECT id, event_id, message_key, payload FROM outbox
-WHERE id > $4
-  AND created_at >= $1 AND ($2::timestamptz IS NULL OR created_at < $2)
-  AND ($3::text IS NULL OR message_key = $3)
+COUNT_REPLAY = f"SELECT count(*) {_REPLAY_ROWS}"
+FETCH_REPLAY = f"""
+SELECT id, event_id, message_key, event_type, payload {_REPLAY_ROWS} AND id > $4
 ORDER BY id
 LIMIT $5
 """
 
 
 async def count_replay_events(database: Database, replay_filter: ReplayFilter) -> int:
+    """How many stored rows the filter selects (a posted transaction's row is one)."""
     async with database.connection() as connection:
         count: int = await connection.fetchval(COUNT_REPLAY, *replay_filter.arguments())
     return count
@@ -523,41 +556,48 @@ async def replay_events(
 ) -> int:
     """Republish stored events (same ids and payloads) in id order; the number sent.
 
-    ``published_at`` is left alone. :class:`BrokerUnavailable` when a batch is not
-    acknowledged within the bounded waits (what was acknowledged stays published).
+    ``max_events`` and ``on_progress`` count stored rows. ``published_at`` is left
+    alone. :class:`BrokerUnavailable` when a batch is not acknowledged within the
+    bounded waits (what was acknowledged stays published).
     """
     assert 1 <= batch_size <= 10_000
     limit = (
         max_events if max_events is not None else await count_replay_events(database, replay_filter)
     )
-    after_id, sent = 0, 0
+    after_id, done, sent = 0, 0, 0
     for _batch in range(math.ceil(limit / batch_size) + 1):
         async with database.connection() as connection:
             records = await connection.fetch(
                 FETCH_REPLAY, *replay_filter.arguments(), after_id, batch_size
             )
-        if not records or sent >= limit:
+        if not records or done >= limit:
             break
-        rows = [OutboxRow.from_record(record) for record in records[: limit - sent]]
-        await _replay_batch(publisher, rows)
-        after_id, sent = rows[-1].id, sent + len(rows)
+        rows = [OutboxRow.from_record(record) for record in records[: limit - done]]
+        wallet = replay_filter.arguments()[2]
+        messages = [message for row in rows for message in row.messages(wallet)]
+        await _replay_batch(publisher, rows, messages)
+        after_id, done, sent = rows[-1].id, done + len(rows), sent + len(messages)
         if on_progress is not None:
             on_progress(len(rows))
     return sent
 
 
-async def _replay_batch(publisher: EventPublisher, rows: Sequence[OutboxRow]) -> None:
-    delivery = await asyncio.to_thread(publisher.send, [row.message() for row in rows])
+async def _replay_batch(
+    publisher: EventPublisher, rows: Sequence[OutboxRow], messages: Sequence[OutboundMessage]
+) -> None:
+    delivery = await asyncio.to_thread(publisher.send, list(messages))
     timeout = publisher.timeout_seconds * MAX_WAIT_ATTEMPTS
     settled = await asyncio.to_thread(publisher.wait, delivery, timeout)
     acknowledged = delivery.acknowledged_prefix()
-    if not settled or acknowledged < len(rows):
+    if not settled or acknowledged < len(messages):
         await asyncio.to_thread(publisher.abandon)
         error = delivery.first_error()
         reason = "no acknowledgement in time" if error is None else error.str()
+        per_row = [len(row.messages()) for row in rows]
+        first_row, _ = acknowledged_rows(per_row, acknowledged)
         raise BrokerUnavailable(
             f"Kafka broker at {publisher.bootstrap} did not take event outbox id "
-            f"{rows[acknowledged].id}: {reason}"
+            f"{rows[min(first_row, len(rows) - 1)].id}: {reason}"
         )
 
 
